@@ -1,0 +1,83 @@
+"""``gpuledger agent``: the daemon on every GPU node. Imports nothing from the server side."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agent.attribution import Attributor, JobMappingDir, OwnerSource, ProcessOwners
+from agent.clock import WallClock
+from agent.gpu import GpuSource
+from agent.loop import Agent, NodeLabels
+from agent.nvml import NvmlSource, NvmlUnavailable
+from agent.push import Pusher
+from agent.simspec import SpecError, load_spec
+
+log = logging.getLogger("gpuledger.agent")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"gpuledger agent: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def agent_command(
+    collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
+    node: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_NODE", help="Node name [default: hostname].")] = None,
+    cluster: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped [default: 'default', or the spec's].")] = None,
+    datacenter: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity [default: 'default', or the spec's].")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
+    push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
+    job_mapping_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
+    proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
+    simulate: Annotated[Optional[Path], typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
+    sim_epoch: Annotated[Optional[float], typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Sample this node's GPUs and push per-job intervals to the collector."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if interval <= 0:
+        _fail(f"--interval {interval}: expected a number of seconds > 0")
+    if push_interval < interval:
+        _fail(f"--push-interval {push_interval}: expected >= --interval ({interval})")
+    node = node or socket.gethostname()
+    clock = WallClock()
+    sources: list[OwnerSource] = []
+    if job_mapping_dir is not None:
+        sources.append(JobMappingDir(job_mapping_dir))
+    sources.append(ProcessOwners(proc_root))
+    source: GpuSource
+    if simulate is not None:
+        from agent.simulate import SimulatedNode, announce
+
+        try:
+            spec = load_spec(simulate)
+            sim = SimulatedNode(spec, node, clock, sim_epoch if sim_epoch is not None else time.time())
+        except SpecError as exc:
+            _fail(str(exc))
+        announce()
+        source = NvmlSource(sim.nvml)
+        sources.append(sim)
+        cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
+    else:
+        source = NvmlSource()
+    labels = NodeLabels(node, cluster or "default", datacenter or "default")
+    try:
+        agent = Agent(source, Attributor(sources), Pusher(collector), labels, clock, interval, push_interval, simulated=simulate is not None)
+    except NvmlUnavailable as exc:
+        _fail(str(exc))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop())
+    log.info(
+        "node %s (cluster %s, datacenter %s): %d GPUs, sampling every %gs, pushing to %s every %gs",
+        labels.node, labels.cluster, labels.datacenter, len(agent.gpus), interval, collector, push_interval,
+    )
+    agent.run()
+    sys.exit(0)

@@ -1,0 +1,117 @@
+"""The agent's loop: sample every interval, cut intervals, push a batch every push interval."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from agent import __version__
+from agent.attribution import Attributor, Owners
+from agent.clock import Clock
+from agent.energy import energy_step
+from agent.gpu import GpuSample, GpuSource
+from agent.intervals import IntervalCutter
+from agent.push import Pusher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLabels:
+    node: str
+    cluster: str
+    datacenter: str
+
+
+class Agent:
+    def __init__(
+        self,
+        source: GpuSource,
+        attributor: Attributor,
+        pusher: Pusher,
+        labels: NodeLabels,
+        clock: Clock,
+        interval_s: float = 1.0,
+        push_interval_s: float = 10.0,
+        simulated: bool = False,
+    ) -> None:
+        self.source, self.attributor, self.pusher = source, attributor, pusher
+        self.labels, self.clock = labels, clock
+        self.interval_s, self.push_interval_s = interval_s, push_interval_s
+        self.simulated = simulated
+        self.boot_id = str(uuid.uuid4())
+        self.seq = 0
+        self._prev: dict[int, GpuSample] = {}
+        self._owners: dict[int, Owners] = {}
+        self._stop = threading.Event()
+        self.gpus = {info.index: info for info in source.open()}
+        self.cutter = IntervalCutter(self.gpus)
+
+    def tick(self) -> None:
+        """Read every GPU once; account the step since the last read to the previous owners."""
+        samples = [s for s in self.source.sample(self.clock.now()) if not s.lost]
+        for cur in samples:
+            prev = self._prev.get(cur.index)
+            if prev is not None and cur.time_s > prev.time_s:
+                step = energy_step(prev, cur)
+                if step.counter_reset:
+                    log.warning("GPU %d: energy counter went down (driver reload); step estimated from power", cur.index)
+                owners = self._owners.get(cur.index, ())
+                self.cutter.add(cur.index, owners, prev.time_s, step, cur.util_gpu_pct, cur.memory_used_bytes)
+            self._prev[cur.index] = cur
+        self._owners = self.attributor.owners(samples)
+
+    def make_batch(self) -> dict[str, Any] | None:
+        intervals, jobs = self.cutter.cut()
+        if not intervals:
+            return None
+        batch = {
+            "node": self.labels.node,
+            "cluster": self.labels.cluster,
+            "datacenter": self.labels.datacenter,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "sent_at_s": self.clock.now(),
+            "agent_version": __version__,
+            "simulated": self.simulated,
+            "jobs": jobs,
+            "intervals": intervals,
+        }
+        self.seq += 1
+        return batch
+
+    def push(self) -> bool:
+        batch = self.make_batch()
+        if batch is not None:
+            self.pusher.submit(batch)
+        return self.pusher.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        wake = getattr(self.clock, "wake", None)
+        if wake:
+            wake()
+
+    def run(self, until_s: float | None = None) -> None:
+        """Loop until ``stop()`` (or ``until_s`` on the loop's clock); push what is left at the end."""
+        next_tick_s = last_push_s = self.clock.now()
+        try:
+            while not self._stop.is_set():
+                now_s = self.clock.now()
+                if until_s is not None and now_s > until_s:
+                    break
+                self.tick()
+                if now_s - last_push_s >= self.push_interval_s:
+                    self.push()
+                    last_push_s = now_s
+                next_tick_s = max(next_tick_s + self.interval_s, self.clock.now())
+                self.clock.sleep(next_tick_s - self.clock.now())
+            if until_s is None:
+                self.tick()  # account the time up to the stop
+        finally:
+            if not self.push():
+                log.error("%d batches could not be delivered before exit", len(self.pusher.queue))
+            self.source.close()

@@ -1,0 +1,79 @@
+"""The ``gpuledger`` command. Server-side modules are imported only by the commands that
+need them, so ``gpuledger agent`` runs on a GPU node without FastAPI or SQLAlchemy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agent.cli import agent_command
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Live GPU-hours, energy, dollars and CO2e per training job.",
+)
+app.command("agent")(agent_command)
+
+
+@app.command()
+def server(
+    db: Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL: sqlite:///FILE or postgresql+psycopg://…")] = "sqlite:///gpuledger.db",
+    config: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_CONFIG", help="TOML file with rates and job settings.")] = None,
+    host: Annotated[str, typer.Option(envvar="GPULEDGER_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="GPULEDGER_PORT")] = 8080,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the collector and the API."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.rates import ConfigError, load_config
+    from collector.db import make_engine
+
+    try:
+        ledger_config = load_config(config)
+        engine = make_engine(db)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"gpuledger server: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(create_app(engine, ledger_config), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def report(
+    job: Annotated[str, typer.Argument(help="Job id, cluster-scoped: <cluster>/<job id>.")],
+    server: Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="Server base URL.")] = "http://127.0.0.1:8080",
+    format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",  # noqa: A002
+) -> None:
+    """Print one job's GPU-hours, energy, cost and CO2e."""
+    from api.report import ReportError, fetch, render
+
+    if format not in ("table", "json", "csv"):
+        typer.echo(f"gpuledger report: error: --format {format!r}: expected table, json or csv", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(render(fetch(server, job), format))
+    except ReportError as exc:
+        typer.echo(f"gpuledger report: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
+    workdir: Annotated[Path, typer.Option(help="Where the demo's SQLite file lives.")] = Path(".gpuledger-demo"),
+) -> None:
+    """Server on SQLite plus a simulated 4-node cluster, in one process group; Ctrl-C stops all."""
+    from api.demo import run_demo
+
+    raise typer.Exit(run_demo(port, workdir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

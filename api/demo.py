@@ -1,0 +1,97 @@
+"""``gpuledger demo``: a server on SQLite and four simulated agents, one process group."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import httpx
+
+from agent.simspec import load_spec
+from agent.simulate import BANNER
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _table(url: str) -> str:
+    jobs = httpx.get(f"{url}/v1/jobs", timeout=5.0).json()["items"]
+    lines = [f"{'job':<20} {'state':<8} {'gpus':>4} {'GPU-h':>9} {'kWh':>9} {'USD':>9} {'kgCO2e':>8}"]
+    for j in jobs:
+        lines.append(
+            f"{j['job_id']:<20} {j['state']:<8} {j['gpus']:>4} {j['gpu_hours']:>9.3f} "
+            f"{j['energy_kwh']:>9.3f} {j['cost_usd']:>9.2f} {j['co2e_kg']:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(port: int, workdir: Path) -> int:
+    url = f"http://127.0.0.1:{port}"
+    if not _port_free(port):
+        print(f"gpuledger demo: error: port {port} is in use; try `gpuledger demo --port {port + 10}`", file=sys.stderr)
+        return 2
+    spec_path, config_path = files("api") / "demo_cluster.toml", files("api") / "demo_config.toml"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cli = [sys.executable, "-m", "api.cli"]
+    children = [subprocess.Popen([*cli, "server", "--db", f"sqlite:///{workdir / 'demo.db'}",
+                                  "--config", str(config_path), "--port", str(port), "--log-level", "warning"])]
+    try:
+        if not _wait_healthy(url, children[0]):
+            print("gpuledger demo: error: the server did not start; see its output above", file=sys.stderr)
+            return 1
+        epoch = f"{time.time():.0f}"
+        for node in load_spec(str(spec_path)).nodes:
+            children.append(subprocess.Popen(
+                [*cli, "agent", "--simulate", str(spec_path), "--node", node.name, "--collector", url,
+                 "--push-interval", "2", "--sim-epoch", epoch, "--log-level", "warning"],
+                stderr=subprocess.DEVNULL,
+            ))
+        print(f"\n{BANNER}\n")
+        print(f"gpuledger demo is running ({len(children) - 1} simulated nodes; data in {workdir}/demo.db)")
+        print(f"  jobs:        {url}/v1/jobs")
+        print(f"  one job:     {url}/v1/jobs/demo/1001")
+        print(f"  API docs:    {url}/docs")
+        print(f"  health:      {url}/healthz")
+        print(f"  in a shell:  .venv/bin/gpuledger report demo/1001 --server {url}")
+        print("Ctrl-C stops everything.\n", flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(10)
+            try:
+                print(f"--- {time.strftime('%H:%M:%S')}\n{_table(url)}", flush=True)
+            except (httpx.HTTPError, KeyError):
+                pass
+        print("gpuledger demo: a process stopped unexpectedly; shutting down", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping the demo…")
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()

@@ -1,0 +1,43 @@
+"""Rejections that name the field, the value and what was expected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from collector.ingest import BatchRejected
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+def describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    described = []
+    for error in errors:
+        value = error.get("input")
+        if isinstance(value, (dict, list)):
+            value = f"<{type(value).__name__}>"
+        message = error["msg"].removeprefix("Value error, ")
+        described.append({"field": _field(tuple(error["loc"])), "value": value, "message": message})
+    return described
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = describe(list(exc.errors()))
+        head = "; ".join(f"{e['field']} = {e['value']!r}: {e['message']}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return JSONResponse(status_code=422, content={"detail": f"invalid request: {head}{more}", "errors": errors})
+
+    @app.exception_handler(BatchRejected)
+    async def _rejected(_request: Request, exc: BatchRejected) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": f"batch rejected: {exc}"})

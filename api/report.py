@@ -1,0 +1,64 @@
+"""``gpuledger report JOB``: one job's report from a running server, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+FIELDS = (
+    "job_id", "name", "user", "account", "state", "started_at", "last_seen_at", "ended_at", "nodes", "gpus",
+    "gpu_hours", "busy_gpu_hours", "energy_kwh", "facility_energy_kwh", "cost_usd", "co2e_kg",
+    "embodied_co2e_kg", "energy_measured_fraction", "as_of",
+)
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def fetch(server: str, job_id: str, client: httpx.Client | None = None) -> dict[str, Any]:
+    url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}"
+    try:
+        with client or httpx.Client(timeout=10.0) as http:
+            response = http.get(url)
+    except httpx.HTTPError as exc:
+        raise ReportError(f"cannot reach the server at {server} ({exc}); is `gpuledger server` running?") from exc
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ReportError(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.2f}"
+    return str(value)
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(FIELDS)
+        writer.writerow(["" if report.get(f) is None else report.get(f) for f in FIELDS])
+        return out.getvalue().rstrip("\n")
+    width = max(len(f) for f in FIELDS)
+    lines = [f"{f:<{width}}  {_fmt(report.get(f))}" for f in FIELDS]
+    rates = report.get("rates", {})
+    lines.append("rates applied:")
+    for kind, table in rates.items():
+        for key, value in table.items():
+            lines.append(f"  {kind}[{key}] = {value}")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+
+from api import reads
+from api.deps import ConfigDep, EngineDep
+from api.reports import build_reports, now
+from api.schemas import JobPage, JobReport
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/v1/jobs", response_model=JobPage)
+def list_jobs(
+    engine: EngineDep,
+    config: ConfigDep,
+    state: Literal["running", "ended"] | None = None,
+    user: str | None = None,
+    account: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first, with live totals."""
+    jobs, total = reads.list_jobs(engine, state=state, user=user, account=account, limit=limit, offset=offset)
+    items = build_reports(engine, jobs, config)
+    return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
+
+
+@router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
+def get_job(job_id: str, engine: EngineDep, config: ConfigDep) -> JobReport:
+    """One job's report, with every rate applied so the arithmetic can be checked."""
+    job = reads.get_job(engine, job_id)
+    if job is None:
+        hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
+        raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
+    (report,) = build_reports(engine, [job], config)
+    return JobReport(**report, as_of=now())

@@ -1,0 +1,1 @@
+"""gpuledger collector: validates agents' batches and aggregates them, exactly once."""

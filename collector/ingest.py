@@ -1,0 +1,167 @@
+"""Apply one batch, exactly once, in one transaction: batch identity, raw intervals,
+hourly rollups, jobs and their GPUs. SQLAlchemy Core bulk statements throughout."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, case, func
+from sqlalchemy.engine import Connection
+
+from agent.energy import COUNTER
+from collector.db import insert_for
+from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.schemas import BatchIn, IntervalIn
+
+UNALLOCATED = "unallocated"  # local job id of GPU time no job owns: the cluster's idle account
+FUTURE_TOLERANCE_S = 300.0
+
+batches_t = IngestedBatch.__table__
+intervals_t = GpuInterval.__table__
+jobs_t = Job.__table__
+hours_t = JobHour.__table__
+job_gpus_t = JobGpu.__table__
+
+
+class BatchRejected(ValueError):
+    """A batch that validates field by field but not as a whole; nothing of it is stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    applied: bool  # False: this (node, boot_id, seq) was applied before
+    intervals: int
+
+
+def job_key(cluster: str, job: str | None) -> str:
+    return f"{cluster}/{job or UNALLOCATED}"
+
+
+def hour_pieces(start_s: float, end_s: float) -> list[tuple[int, float]]:
+    """(hour start, fraction of the interval) for every hour the interval touches."""
+    first = math.floor(start_s / 3600) * 3600
+    if end_s <= start_s or end_s <= first + 3600:
+        return [(first, 1.0)]
+    pieces, hour = [], first
+    while hour < end_s:
+        overlap = min(end_s, hour + 3600) - max(start_s, hour)
+        if overlap > 0:
+            pieces.append((hour, overlap / (end_s - start_s)))
+        hour += 3600
+    return pieces
+
+
+def rollup(batch: BatchIn) -> dict[tuple[str, int, str], list[float]]:
+    """Sum the batch per (job, hour, GPU model): [gpu_seconds, busy, energy_j, energy_counter_j].
+
+    An interval across an hour boundary is split in proportion to time; the last piece takes
+    the remainder, so the batch's totals are kept exactly.
+    """
+    sums: dict[tuple[str, int, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for interval in batch.intervals:
+        job = job_key(batch.cluster, interval.job)
+        values = _values(interval)
+        pieces = hour_pieces(interval.start_s, interval.end_s)
+        left = list(values)
+        for n, (hour, fraction) in enumerate(pieces):
+            last = n == len(pieces) - 1
+            share = left if last else [v * fraction for v in values]
+            row = sums[(job, hour, interval.gpu_model)]
+            for i in range(4):
+                row[i] += share[i]
+                if not last:
+                    left[i] -= share[i]
+    return sums
+
+
+def _values(interval: IntervalIn) -> list[float]:
+    counter_j = interval.energy_j if interval.energy_method == COUNTER else 0.0
+    return [interval.gpu_seconds, interval.busy_gpu_seconds, interval.energy_j, counter_j]
+
+
+def apply_batch(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
+    latest_s = max((i.end_s for i in batch.intervals), default=0.0)
+    if latest_s > now_s + FUTURE_TOLERANCE_S:
+        raise BatchRejected(f"intervals end_s = {latest_s} is {latest_s - now_s:.0f} s in the future (clock skew?)")
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            insert_for(conn, batches_t).on_conflict_do_nothing().returning(batches_t.c.seq),
+            {"node": batch.node, "boot_id": batch.boot_id, "seq": batch.seq,
+             "received_at_s": now_s, "interval_count": len(batch.intervals)},
+        ).first()
+        if claimed is None:
+            return IngestResult(applied=False, intervals=len(batch.intervals))
+        if batch.intervals:
+            _write_intervals(conn, batch)
+            _write_rollups(conn, batch)
+            _write_jobs(conn, batch, now_s)
+    return IngestResult(applied=True, intervals=len(batch.intervals))
+
+
+def _write_intervals(conn: Connection, batch: BatchIn) -> None:
+    conn.execute(
+        intervals_t.insert(),
+        [
+            {"node": batch.node, "seq": batch.seq, "datacenter": batch.datacenter,
+             "gpu_uuid": i.gpu_uuid, "gpu_model": i.gpu_model, "job_id": job_key(batch.cluster, i.job),
+             "start_s": i.start_s, "end_s": i.end_s, "gpu_seconds": i.gpu_seconds,
+             "busy_gpu_seconds": i.busy_gpu_seconds, "energy_j": i.energy_j,
+             "energy_method": i.energy_method, "max_memory_used_bytes": i.max_memory_used_bytes}
+            for i in batch.intervals
+        ],
+    )
+
+
+def _write_rollups(conn: Connection, batch: BatchIn) -> None:
+    stmt = insert_for(conn, hours_t)
+    added = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_id", "hour_s", "datacenter", "gpu_model"],
+        set_={name: hours_t.c[name] + stmt.excluded[name] for name in added},
+    )
+    rows = [
+        {"job_id": job, "hour_s": hour, "datacenter": batch.datacenter, "gpu_model": model,
+         **dict(zip(added, values))}
+        for (job, hour, model), values in sorted(rollup(batch).items())
+    ]
+    conn.execute(stmt, rows)
+
+
+def _write_jobs(conn: Connection, batch: BatchIn, now_s: float) -> None:
+    meta = {j.id: j for j in batch.jobs}
+    spans: dict[str | None, tuple[float, float]] = {}
+    for i in batch.intervals:
+        first, last = spans.get(i.job, (i.start_s, i.end_s))
+        spans[i.job] = (min(first, i.start_s), max(last, i.end_s))
+    rows = []
+    for job, (first_s, last_s) in sorted(spans.items(), key=lambda kv: kv[0] or ""):
+        info = meta.get(job) if job else None
+        rows.append({
+            "job_id": job_key(batch.cluster, job), "cluster": batch.cluster, "local_id": job or UNALLOCATED,
+            "name": info.name if info else (UNALLOCATED if job is None else None),
+            "user": info.user if info else None, "account": info.account if info else None,
+            "state": RUNNING, "first_seen_s": first_s, "last_seen_s": last_s, "ended_s": None,
+        })
+    stmt = insert_for(conn, jobs_t)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_id"],
+        set_={
+            "name": func.coalesce(new.name, jobs_t.c.name),
+            "user": func.coalesce(new.user, jobs_t.c.user),
+            "account": func.coalesce(new.account, jobs_t.c.account),
+            "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),
+            "last_seen_s": case((new.last_seen_s > jobs_t.c.last_seen_s, new.last_seen_s), else_=jobs_t.c.last_seen_s),
+            # Only data newer than any seen revives an ended job; a late replay does not.
+            "state": case((new.last_seen_s > jobs_t.c.last_seen_s, RUNNING), else_=jobs_t.c.state),
+            "ended_s": case((new.last_seen_s > jobs_t.c.last_seen_s, None), else_=jobs_t.c.ended_s),
+        },
+    )
+    conn.execute(stmt, rows)
+    gpus = {(job_key(batch.cluster, i.job), i.gpu_uuid) for i in batch.intervals}
+    conn.execute(
+        insert_for(conn, job_gpus_t).on_conflict_do_nothing(),
+        [{"job_id": job, "node": batch.node, "gpu_uuid": uuid} for job, uuid in sorted(gpus)],
+    )

@@ -1,0 +1,79 @@
+"""The stored schema. Measured quantities only (seconds, joules); prices apply at read time."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index
+from sqlmodel import Field, SQLModel
+
+RUNNING = "running"
+ENDED = "ended"
+
+
+class IngestedBatch(SQLModel, table=True):
+    """Identity of every applied batch: the same (node, boot_id, seq) is never applied twice."""
+
+    __tablename__ = "ingested_batches"
+    node: str = Field(primary_key=True, max_length=128)
+    boot_id: str = Field(primary_key=True, max_length=128)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    received_at_s: float
+    interval_count: int
+
+
+class GpuInterval(SQLModel, table=True):
+    """Raw intervals as the agents cut them; reports never read these."""
+
+    __tablename__ = "gpu_intervals"
+    __table_args__ = (Index("ix_gpu_intervals_end_s", "end_s"),)
+    id: int | None = Field(default=None, primary_key=True)
+    node: str = Field(max_length=128)
+    seq: int = Field(sa_type=BigInteger)
+    datacenter: str = Field(max_length=128)
+    gpu_uuid: str = Field(max_length=128)
+    gpu_model: str = Field(max_length=128)
+    job_id: str = Field(max_length=300)
+    start_s: float
+    end_s: float
+    gpu_seconds: float
+    busy_gpu_seconds: float
+    energy_j: float
+    energy_method: str = Field(max_length=32)
+    max_memory_used_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_first_seen_s", "first_seen_s"),)
+    job_id: str = Field(primary_key=True, max_length=300)  # "<cluster>/<local id>"
+    cluster: str = Field(max_length=128)
+    local_id: str = Field(max_length=128)
+    name: str | None = Field(default=None, max_length=256)
+    user: str | None = Field(default=None, max_length=256, index=True)
+    account: str | None = Field(default=None, max_length=256, index=True)
+    state: str = Field(default=RUNNING, max_length=16, index=True)
+    first_seen_s: float
+    last_seen_s: float
+    ended_s: float | None = None
+
+
+class JobHour(SQLModel, table=True):
+    """Hourly rollup per (job, hour, datacenter, GPU model), maintained incrementally on ingest."""
+
+    __tablename__ = "job_hours"
+    job_id: str = Field(primary_key=True, max_length=300)
+    hour_s: int = Field(primary_key=True, sa_type=BigInteger)  # Unix time of the hour's start
+    datacenter: str = Field(primary_key=True, max_length=128)
+    gpu_model: str = Field(primary_key=True, max_length=128)
+    gpu_seconds: float
+    busy_gpu_seconds: float
+    energy_j: float
+    energy_counter_j: float  # the part of energy_j measured by the hardware counter
+
+
+class JobGpu(SQLModel, table=True):
+    """Every GPU a job has run on, for its node and GPU counts."""
+
+    __tablename__ = "job_gpus"
+    job_id: str = Field(primary_key=True, max_length=300)
+    node: str = Field(primary_key=True, max_length=128)
+    gpu_uuid: str = Field(primary_key=True, max_length=128)

@@ -1,0 +1,71 @@
+"""What an agent may send. Anything else is rejected whole, naming the field and the value."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from agent.energy import METHODS
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+ClusterLabel = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x2e\x30-\x7e]+$")]
+Text = Annotated[str, StringConstraints(max_length=256)]
+Seconds = Annotated[float, Field(ge=0)]
+EnergyMethod = Literal[METHODS]  # type: ignore[valid-type]
+
+MAX_INTERVAL_S = 3600.0  # agents cut at every push; an hour-long interval means a broken agent
+MAX_POWER_W = 10_000.0  # no single GPU board draws 10 kW
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class IntervalIn(Strict):
+    gpu_uuid: Label
+    gpu_index: int = Field(ge=0, le=4095)
+    gpu_model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    job: Label | None
+    start_s: Seconds
+    end_s: Seconds
+    gpu_seconds: Seconds
+    busy_gpu_seconds: Seconds
+    energy_j: Seconds
+    energy_method: EnergyMethod
+    max_memory_used_bytes: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IntervalIn:
+        span_s = self.end_s - self.start_s
+        if span_s < 0:
+            raise ValueError(f"end_s = {self.end_s} is before start_s = {self.start_s}")
+        if span_s > MAX_INTERVAL_S:
+            raise ValueError(f"end_s - start_s = {span_s} s: expected at most {MAX_INTERVAL_S:g} s")
+        if self.gpu_seconds > span_s * (1 + 1e-9) + 1e-9:
+            raise ValueError(f"gpu_seconds = {self.gpu_seconds}: expected at most end_s - start_s = {span_s}")
+        if self.busy_gpu_seconds > self.gpu_seconds * (1 + 1e-9) + 1e-9:
+            raise ValueError(f"busy_gpu_seconds = {self.busy_gpu_seconds}: expected at most gpu_seconds = {self.gpu_seconds}")
+        if self.energy_j > MAX_POWER_W * max(self.gpu_seconds, 1e-3):
+            raise ValueError(f"energy_j = {self.energy_j}: more than {MAX_POWER_W:g} W over gpu_seconds = {self.gpu_seconds}")
+        return self
+
+
+class JobIn(Strict):
+    id: Label
+    name: Text | None = None
+    user: Text | None = None
+    account: Text | None = None
+
+
+class BatchIn(Strict):
+    node: Label
+    cluster: ClusterLabel
+    datacenter: Label
+    boot_id: Label
+    seq: int = Field(ge=0, le=2**62)
+    sent_at_s: Seconds
+    agent_version: Text | None = None
+    simulated: bool = False
+    jobs: list[JobIn] = Field(default_factory=list, max_length=100_000)
+    intervals: list[IntervalIn] = Field(max_length=200_000)
