@@ -43,6 +43,7 @@ def agent_command(
 ) -> None:
     """Sample this node's GPUs and push per-job intervals to the collector."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per push is noise
     if interval <= 0:
         _fail(f"--interval {interval}: expected a number of seconds > 0")
     if push_interval < interval:
