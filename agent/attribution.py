@@ -107,9 +107,10 @@ class ProcessOwners:
         self._cache: dict[int, JobRef | None] = {}
 
     def job_of_pid(self, pid: int) -> JobRef | None:
-        if pid not in self._cache:
-            self._cache[pid] = self._read_job(pid)
-        return self._cache[pid]
+        job = self._cache.get(pid)
+        if job is None:  # not cached, or not a job yet (read between fork and exec): read again
+            job = self._cache[pid] = self._read_job(pid)
+        return job
 
     def _read_job(self, pid: int) -> JobRef | None:
         base = self.proc_root / str(pid)

@@ -195,8 +195,10 @@ def test_process_owners_with_the_real_proc() -> None:
         if not k.startswith(("GPULEDGER_JOB_", "SLURM_")) and k != "TORCHELASTIC_RUN_ID"
     }
     env.update({"SLURM_JOB_ID": "777", "SLURM_JOB_NAME": "train", "SLURM_JOB_USER": "alice", "SLURM_JOB_ACCOUNT": "nlp"})
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    ready = "import time; print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", ready], env=env, stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"  # exec'd: /proc shows its own environment
         samples = [sample(0, (child.pid,)), sample(1, ())]
         owners = ProcessOwners().owners(samples)
         assert owners == {0: (JobRef("777", "train", "alice", "nlp"),)}
