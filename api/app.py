@@ -15,20 +15,22 @@ from api import errors
 from api.deps import EngineDep
 from api.rates import LedgerConfig
 from api.routes import ingest, jobs
-from collector.db import create_schema
 from collector.lifecycle import end_silent_jobs
+from collector.retention import prune
 
 
 def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        create_schema(engine)
-        sched = BackgroundScheduler(timezone="UTC")
+        sched = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
         if scheduler:
             sched.add_job(
                 lambda: end_silent_jobs(engine, time.time(), config.jobs.silence_s),
                 "interval", seconds=config.jobs.sweep_interval_s, id="end_silent_jobs",
-                max_instances=1, coalesce=True,
+            )
+            sched.add_job(
+                lambda: prune(engine, time.time(), config.retention.raw_days),
+                "interval", seconds=config.retention.prune_interval_s, id="prune_raw_intervals",
             )
             sched.start()
         yield

@@ -32,13 +32,42 @@ def server(
     from api.rates import ConfigError, load_config
     from collector.db import make_engine
 
+    from collector.schema import SchemaOutdated, prepare
+
     try:
         ledger_config = load_config(config)
         engine = make_engine(db)
-    except (ConfigError, ValueError) as exc:
+        typer.echo(f"gpuledger server: {db}: {prepare(engine, db)}", err=True)
+    except (ConfigError, SchemaOutdated, ValueError) as exc:
         typer.echo(f"gpuledger server: error: {exc}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(create_app(engine, ledger_config), host=host, port=port, log_level=log_level)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
+app.add_typer(db_app, name="db")
+DbOption = Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL.")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = "sqlite:///gpuledger.db", revision: str = "head") -> None:
+    """Migrate the database schema to REVISION (default: the newest)."""
+    from collector.db import make_engine
+    from collector.schema import current_revision, upgrade
+
+    engine = make_engine(db)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    typer.echo(f"{db}: schema {before or 'empty'} -> {current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current(db: DbOption = "sqlite:///gpuledger.db") -> None:
+    """Print the database's schema revision and the one this code needs."""
+    from collector.db import make_engine
+    from collector.schema import current_revision, head_revision
+
+    typer.echo(f"{db}: schema {current_revision(make_engine(db)) or 'empty'}; this gpuledger needs {head_revision()}")
 
 
 @app.command()

@@ -40,11 +40,18 @@ class JobsSection(BaseModel):
     sweep_interval_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
 
 
+class RetentionSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    raw_days: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    prune_interval_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+
+
 class LedgerConfig(BaseModel):
     """The server's TOML configuration (``gpuledger server --config FILE``)."""
 
     model_config = ConfigDict(extra="forbid")
     jobs: JobsSection = JobsSection()
+    retention: RetentionSection = RetentionSection()
     usd_per_gpu_hour: dict[str, PositiveRate] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     embodied_kg_per_gpu_hour: dict[str, PositiveRate] = Field(
         default_factory=lambda: {"default": DEFAULT_EMBODIED_KG_PER_GPU_HOUR}

@@ -9,9 +9,6 @@ from typing import Any
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlmodel import SQLModel
-
-from collector import models  # noqa: F401 - registers the tables
 
 DEFAULT_DB_URL = "sqlite:///gpuledger.db"
 
@@ -36,10 +33,6 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     raise ValueError(f"--db {url!r}: expected a sqlite:/// or postgresql+psycopg:// URL")
-
-
-def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
 
 
 def insert_for(conn: Connection, table: Table) -> Any:

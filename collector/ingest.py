@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, case, func
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 from agent.energy import COUNTER
 from collector.db import insert_for
@@ -17,6 +18,8 @@ from collector.schemas import BatchIn, IntervalIn
 
 UNALLOCATED = "unallocated"  # local job id of GPU time no job owns: the cluster's idle account
 FUTURE_TOLERANCE_S = 300.0
+RETRIES = 5
+RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 batches_t = IngestedBatch.__table__
 intervals_t = GpuInterval.__table__
@@ -85,6 +88,16 @@ def apply_batch(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
     latest_s = max((i.end_s for i in batch.intervals), default=0.0)
     if latest_s > now_s + FUTURE_TOLERANCE_S:
         raise BatchRejected(f"intervals end_s = {latest_s} is {latest_s - now_s:.0f} s in the future (clock skew?)")
+    for attempt in range(RETRIES):
+        try:
+            return _apply(engine, batch, now_s)
+        except OperationalError as exc:  # another collector's transaction won a lock race
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
     with engine.begin() as conn:
         claimed = conn.execute(
             insert_for(conn, batches_t).on_conflict_do_nothing().returning(batches_t.c.seq),

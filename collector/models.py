@@ -13,6 +13,7 @@ class IngestedBatch(SQLModel, table=True):
     """Identity of every applied batch: the same (node, boot_id, seq) is never applied twice."""
 
     __tablename__ = "ingested_batches"
+    __table_args__ = (Index("ix_ingested_batches_received_at_s", "received_at_s"),)
     node: str = Field(primary_key=True, max_length=128)
     boot_id: str = Field(primary_key=True, max_length=128)
     seq: int = Field(primary_key=True, sa_type=BigInteger)

@@ -16,7 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from collector.db import create_schema, make_engine
+from agent.push import Pusher
+from collector.db import make_engine
+from collector.schema import upgrade
 
 PG_ADMIN_URL = os.environ.get("GPULEDGER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -63,7 +65,7 @@ BACKENDS = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
-    create_schema(engine)
+    upgrade(engine)
     yield engine
     engine.dispose()
 
@@ -105,3 +107,16 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
     yield srv
     srv.process.terminate()
     srv.process.wait(timeout=15)
+
+
+class CollectingPusher(Pusher):
+    """Keeps the batches an agent would send, to replay them as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__("http://collector.invalid")
+        self.sent: list[dict] = []
+
+    def flush(self) -> bool:
+        self.sent.extend(self.queue)
+        self.queue.clear()
+        return True

@@ -10,20 +10,7 @@ from agent.fakenvml import FakeDevice, FakeNvml
 from agent.gpu import GpuSample
 from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
-from agent.push import Pusher
-
-
-class Collected(Pusher):
-    """Keeps what the loop would send; the network is not what these tests are about."""
-
-    def __init__(self) -> None:
-        super().__init__("http://collector.invalid")
-        self.sent: list[dict] = []
-
-    def flush(self) -> bool:
-        self.sent.extend(self.queue)
-        self.queue.clear()
-        return True
+from tests.conftest import CollectingPusher as Collected
 
 
 class Owned:

@@ -1,0 +1,84 @@
+"""Several stateless collectors in front of one database give exact totals."""
+
+import math
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.attribution import Attributor
+from agent.clock import ManualClock
+from agent.loop import Agent, NodeLabels
+from agent.nvml import NvmlSource
+from agent.simspec import parse_spec
+from agent.simulate import SimulatedNode
+from tests.conftest import BACKENDS, CollectingPusher, start_server
+
+NODE = {"gpu_count": 4, "model": "NVIDIA H100 80GB HBM3", "idle_w": 70.0, "busy_w": 650.0, "tdp_w": 700.0}
+SPEC = parse_spec({
+    "seed": 5, "cluster": "cc",
+    "nodes": [{"name": f"n{i}", **NODE} for i in range(3)],
+    "jobs": [
+        {"id": "1", "nodes": ["n0", "n1"], "gpus": [0, 1, 2, 3], "start_s": 0, "end_s": 1500, "utilization": 0.9},
+        {"id": "2", "nodes": ["n1", "n2"], "gpus": [2, 3], "start_s": 300, "utilization": 0.5},
+    ],
+})
+
+
+def simulated_batches(epoch: float, seconds: float) -> list[dict]:
+    batches = []
+    for node in SPEC.nodes:
+        clock, pusher = ManualClock(epoch), CollectingPusher()
+        sim = SimulatedNode(SPEC, node.name, clock, epoch)
+        Agent(NvmlSource(sim.nvml), Attributor([sim]), pusher, NodeLabels(node.name, "cc", "dc"), clock).run(until_s=epoch + seconds)
+        batches += pusher.sent
+    return batches
+
+
+def expected_totals(batches: list[dict]) -> dict[str, tuple[float, float]]:
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for batch in batches:
+        for interval in batch["intervals"]:
+            row = totals[f"cc/{interval['job'] or 'unallocated'}"]
+            row[0] += interval["gpu_seconds"]
+            row[1] += interval["energy_j"]
+    return {job: (gpu_s, energy_j) for job, (gpu_s, energy_j) in totals.items()}
+
+
+@BACKENDS
+def test_two_collectors_apply_the_same_batches_exactly_once(db_url: str, tmp_path: Path):
+    epoch = math.floor(time.time()) - 4000
+    batches = simulated_batches(epoch, 1800)
+    servers = [start_server(db_url, None, tmp_path / f"server{i}.log") for i in range(2)]
+    errors: list[str] = []
+
+    def deliver(url: str, order: list[dict]) -> None:
+        with httpx.Client(timeout=30) as client:
+            for batch in order:
+                response = client.post(f"{url}/v1/ingest", json=batch)
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text}")
+
+    shuffled = batches[:]
+    random.Random(1).shuffle(shuffled)
+    threads = [threading.Thread(target=deliver, args=(servers[0].url, batches)),
+               threading.Thread(target=deliver, args=(servers[1].url, shuffled))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=240)
+        assert errors == []
+        reports = {job: httpx.get(f"{servers[0].url}/v1/jobs/{job}", timeout=10).json() for job in expected_totals(batches)}
+    finally:
+        for server in servers:
+            server.process.terminate()
+            server.process.wait(timeout=15)
+    for job, (gpu_s, energy_j) in expected_totals(batches).items():
+        assert reports[job]["gpu_hours"] == pytest.approx(gpu_s / 3600, rel=1e-12), job
+        assert reports[job]["energy_kwh"] == pytest.approx(energy_j / 3.6e6, rel=1e-9), job
+    assert len(batches) == 3 * 180
