@@ -15,9 +15,11 @@ import typer
 from agent.attribution import Attributor, JobMappingDir, OwnerSource, ProcessOwners
 from agent.clock import WallClock
 from agent.gpu import GpuSource
-from agent.loop import Agent, NodeLabels
+from agent.loop import Agent, NodeLabels, PortSource
 from agent.nvml import NvmlSource, NvmlUnavailable
 from agent.push import Pusher
+from agent.roce import RdmaPorts
+from agent.simnet import SimulatedPorts
 from agent.simspec import SpecError, load_spec
 
 log = logging.getLogger("gpuledger.agent")
@@ -37,6 +39,7 @@ def agent_command(
     push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
     job_mapping_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
+    sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
     simulate: Annotated[Optional[Path], typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
     sim_epoch: Annotated[Optional[float], typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -66,19 +69,28 @@ def agent_command(
         announce()
         source = NvmlSource(sim.nvml)
         sources.append(sim)
+        ports: PortSource = SimulatedPorts(spec, node, clock, sim.epoch_s)
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
+        ports = RdmaPorts(sysfs_root)
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
     try:
-        agent = Agent(source, Attributor(sources), Pusher(collector), labels, clock, interval, push_interval, simulated=simulate is not None)
+        agent = Agent(
+            source, Attributor(sources), Pusher(collector), labels, clock, interval, push_interval,
+            simulated=simulate is not None, ports=ports,
+        )
     except NvmlUnavailable as exc:
         _fail(str(exc))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     log.info(
-        "node %s (cluster %s, datacenter %s): %d GPUs, sampling every %gs, pushing to %s every %gs",
-        labels.node, labels.cluster, labels.datacenter, len(agent.gpus), interval, collector, push_interval,
+        "node %s (cluster %s, datacenter %s): %d GPUs, %d RDMA ports, sampling every %gs, pushing to %s every %gs",
+        labels.node, labels.cluster, labels.datacenter, len(agent.gpus), len(ports.read()), interval, collector, push_interval,
     )
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if isinstance(ports, SimulatedPorts):
+            ports.close()  # its private sysfs tree
     sys.exit(0)

@@ -6,7 +6,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent import __version__
 from agent.attribution import Attributor, Owners
@@ -14,9 +14,15 @@ from agent.clock import Clock
 from agent.energy import energy_step
 from agent.gpu import GpuSample, GpuSource
 from agent.intervals import IntervalCutter
+from agent.network import NetworkCutter, job_shares, node_step
 from agent.push import Pusher
+from agent.roce import PortReading
 
 log = logging.getLogger(__name__)
+
+
+class PortSource(Protocol):
+    def read(self) -> list[PortReading]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,7 @@ class Agent:
         interval_s: float = 1.0,
         push_interval_s: float = 10.0,
         simulated: bool = False,
+        ports: PortSource | None = None,
     ) -> None:
         self.source, self.attributor, self.pusher = source, attributor, pusher
         self.labels, self.clock = labels, clock
@@ -49,10 +56,15 @@ class Agent:
         self._stop = threading.Event()
         self.gpus = {info.index: info for info in source.open()}
         self.cutter = IntervalCutter(self.gpus)
+        self.ports = ports
+        self.network = NetworkCutter()
+        self._prev_ports: list[PortReading] | None = None
+        self._prev_ports_s = 0.0
 
     def tick(self) -> None:
-        """Read every GPU once; account the step since the last read to the previous owners."""
-        samples = [s for s in self.source.sample(self.clock.now()) if not s.lost]
+        """Read every GPU and port once; account the step since the last read to the previous owners."""
+        now_s = self.clock.now()
+        samples = [s for s in self.source.sample(now_s) if not s.lost]
         for cur in samples:
             prev = self._prev.get(cur.index)
             if prev is not None and cur.time_s > prev.time_s:
@@ -62,11 +74,22 @@ class Agent:
                 owners = self._owners.get(cur.index, ())
                 self.cutter.add(cur.index, owners, prev.time_s, step, cur.util_gpu_pct, cur.memory_used_bytes)
             self._prev[cur.index] = cur
+        if self.ports is not None:
+            self._tick_ports(now_s)
         self._owners = self.attributor.owners(samples)
+
+    def _tick_ports(self, now_s: float) -> None:
+        assert self.ports is not None
+        readings = self.ports.read()
+        if self._prev_ports is not None and now_s > self._prev_ports_s:
+            step = node_step(self._prev_ports, readings, now_s - self._prev_ports_s)
+            self.network.add(job_shares(self._owners, len(self.gpus)), self._prev_ports_s, step)
+        self._prev_ports, self._prev_ports_s = readings, now_s
 
     def make_batch(self) -> dict[str, Any] | None:
         intervals, jobs = self.cutter.cut()
-        if not intervals:
+        network = self.network.cut()
+        if not intervals and not network:
             return None
         batch = {
             "node": self.labels.node,
@@ -79,6 +102,7 @@ class Agent:
             "simulated": self.simulated,
             "jobs": jobs,
             "intervals": intervals,
+            "network": network,
         }
         self.seq += 1
         return batch

@@ -14,6 +14,8 @@ busy_w = 650.0
 tdp_w = 700.0
 memory_gib = 80
 energy_counter = true        # false: a GPU without NVML's energy counter
+nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
+nic_rate_gbps = 400.0
 
 [[jobs]]
 id = "1001"
@@ -25,10 +27,13 @@ gpus = [0, 1, 2, 3, 4, 5, 6, 7]   # GPU indices used on each of those nodes
 start_s = 0                       # offsets from the simulation's epoch
 end_s = 7200                      # omitted: runs until the simulation stops
 utilization = 0.93
+network_gbps = 120.0              # per node and direction, spread over the node's NICs
+cnp_per_s = 40.0                  # congestion notifications per node and second
+retrans_per_gb = 0.2              # RoCE retransmissions per GB sent
 
 [[events]]                        # quirks of real hardware, on a schedule
-kind = "counter_reset"            # or "gpu_lost"
-node = "node-1"
+kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
+node = "node-1"                   # or "link_down" (with nic, optional until_s)
 gpu = 3
 at_s = 600
 ```
@@ -58,6 +63,8 @@ class NodeSpec:
     memory_bytes: int
     energy_counter: bool = True
     datacenter: str | None = None
+    nics: int = 0
+    nic_rate_gbps: float = 400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +78,18 @@ class JobSpec:
     name: str | None = None
     user: str | None = None
     account: str | None = None
+    network_gbps: float = 0.0
+    cnp_per_s: float = 0.0
+    retrans_per_gb: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class EventSpec:
     kind: str
     node: str
-    gpu: int
+    gpu: int  # the GPU, or for link_down the NIC
     at_s: float
+    until_s: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,8 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         memory_bytes=int(_number(table, where, "memory_gib", 80) * 1024**3),
         energy_counter=_get(table, where, "energy_counter", bool, True),
         datacenter=_get(table, where, "datacenter", str, None),
+        nics=int(_number(table, where, "nics", 0)),
+        nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
     )
 
 
@@ -160,20 +173,28 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         name=_get(table, where, "name", str, None),
         user=_get(table, where, "user", str, None),
         account=_get(table, where, "account", str, None),
+        network_gbps=_number(table, where, "network_gbps", 0.0),
+        cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
+        retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
     )
 
 
 def _event(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> EventSpec:
     kind = _get(table, where, "kind", str)
-    if kind not in ("counter_reset", "gpu_lost"):
-        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset' or 'gpu_lost'")
+    if kind not in ("counter_reset", "gpu_lost", "link_down"):
+        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset', 'gpu_lost' or 'link_down'")
     node = _get(table, where, "node", str)
     if node not in nodes:
         raise SpecError(f"{where}.node: {node!r} is not a node of the spec")
-    gpu = _get(table, where, "gpu", int)
-    if not 0 <= gpu < nodes[node].gpu_count:
-        raise SpecError(f"{where}.gpu = {gpu}: not a GPU index of node {node!r}")
-    return EventSpec(kind, node, gpu, _number(table, where, "at_s"))
+    field, count = ("nic", nodes[node].nics) if kind == "link_down" else ("gpu", nodes[node].gpu_count)
+    index = _get(table, where, field, int)
+    if not 0 <= index < count:
+        raise SpecError(f"{where}.{field} = {index}: not a {field.upper()} index of node {node!r}")
+    at_s = _number(table, where, "at_s")
+    until_s = _number(table, where, "until_s") if "until_s" in table else math.inf
+    if until_s <= at_s:
+        raise SpecError(f"{where}.until_s = {until_s}: expected > at_s ({at_s})")
+    return EventSpec(kind, node, index, at_s, until_s)
 
 
 def parse_spec(data: dict[str, Any]) -> ClusterSpec:

@@ -35,7 +35,7 @@ def _mix(*values: int) -> int:
     return x
 
 
-def _jitter(*values: int) -> float:
+def jitter(*values: int) -> float:
     """Deterministic value in [-1, 1)."""
     return _mix(*values) / 2**63 - 1.0
 
@@ -57,8 +57,8 @@ class SimGpu:
     def utilization(self, second: int) -> float:
         job = self.job_at(second)
         if job is None:
-            return 0.01 * (1 + _jitter(self.seed, self.node_no, self.index, second))
-        u = job.utilization * (1 + 0.05 * _jitter(self.seed, self.node_no, self.index, second))
+            return 0.01 * (1 + jitter(self.seed, self.node_no, self.index, second))
+        u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
         return min(max(u, 0.0), 1.0)
 
     def power_w(self, second: int) -> float:
@@ -116,7 +116,8 @@ class SimulatedNode:
         self.epoch_s = epoch_s
         self.gpus = gpus_of_node(spec, node_name)
         self._energy = [_CumulativeEnergy(g) for g in self.gpus]
-        self._events = sorted((e for e in spec.events if e.node == node_name), key=lambda e: e.at_s)
+        gpu_events = ("counter_reset", "gpu_lost")
+        self._events = sorted((e for e in spec.events if e.node == node_name and e.kind in gpu_events), key=lambda e: e.at_s)
         node = self.gpus[0].node if self.gpus else spec.node(node_name)
         self.devices = [
             FakeDevice(

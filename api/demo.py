@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,8 +46,14 @@ def _table(url: str) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(port: int, workdir: Path) -> int:
     url = f"http://127.0.0.1:{port}"
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (`demo &`)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not _port_free(port):
         print(f"gpuledger demo: error: port {port} is in use; try `gpuledger demo --port {port + 10}`", file=sys.stderr)
         return 2

@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from api.pricing import UsageRow
-from collector.models import Job, JobGpu, JobHour
+from collector.models import Job, JobGpu, JobHour, JobNetHour
 
 jobs_t, hours_t, job_gpus_t = Job.__table__, JobHour.__table__, JobGpu.__table__
+net_hours_t = JobNetHour.__table__
 
 
 def list_jobs(
@@ -65,3 +66,21 @@ def placement(engine: Engine, job_ids: list[str]) -> dict[str, tuple[int, int]]:
     )
     with engine.connect() as conn:
         return {job_id: (nodes, gpus) for job_id, nodes, gpus in conn.execute(query)}
+
+
+def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
+    """A job's RoCE rollups summed per node."""
+    summed = ("seconds", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
+              "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts", "apportioned_bytes",
+              "link_down_port_seconds")
+    peaks = ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
+    query = (
+        select(net_hours_t.c.node,
+               *(func.sum(net_hours_t.c[n]).label(n) for n in summed),
+               *(func.max(net_hours_t.c[n]).label(n) for n in peaks))
+        .where(net_hours_t.c.job_id == job_id)
+        .group_by(net_hours_t.c.node)
+        .order_by(net_hours_t.c.node)
+    )
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -47,10 +47,47 @@ class JobSummary(Usage):
     )
 
 
+class NetworkNode(BaseModel):
+    node: str
+    ports: int
+    seconds: float = Field(description="Seconds of this node's traffic counted for the job.")
+    mean_tx_gbps: float | None
+    mean_rx_gbps: float | None
+    peak_tx_gbps: float = Field(description="Highest node throughput between two samples, all ports.")
+    peak_rx_gbps: float
+    peak_link_utilization_pct: float | None = Field(description="Busiest port's peak, % of its link rate.")
+
+
+class NetworkReport(BaseModel):
+    tx_bytes: float | None
+    rx_bytes: float | None
+    tx_packets: float | None
+    rx_packets: float | None
+    cnp_sent: float | None = Field(description="Congestion notifications sent for ECN-marked packets received.")
+    cnp_handled: float | None = Field(description="Congestion notifications that throttled this job's senders.")
+    ecn_marked_packets: float | None
+    retransmits: float | None = Field(description="RoCE retransmissions (roce_adp_retrans).")
+    out_of_sequence: float | None
+    timeouts: float | None = Field(description="Local ACK timeouts.")
+    node_seconds: float
+    apportioned_fraction: float | None = Field(
+        description="Share of the bytes split from a node shared with other jobs, by GPU share."
+    )
+    peak_link_utilization_pct: float | None
+    cnp_handled_per_s: float | None = Field(description="Per node-second.")
+    cnp_sent_per_s: float | None
+    retransmits_per_gb: float | None = Field(description="Per GB sent.")
+    link_down_port_seconds: float
+    congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in the README).")
+    congestion_reason: str
+    per_node: list[NetworkNode]
+
+
 class JobReport(JobSummary):
     as_of: datetime
     rates: Rates
     breakdown: list[UsagePart]
+    network: NetworkReport | None = Field(description="RoCE traffic and congestion; null without NIC data.")
 
 
 class JobPage(BaseModel):

@@ -3,7 +3,6 @@ hourly rollups, jobs and their GPUs. SQLAlchemy Core bulk statements throughout.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -14,9 +13,10 @@ from sqlalchemy.exc import OperationalError
 from agent.energy import COUNTER
 from collector.db import insert_for
 from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.network import write_network
+from collector.pieces import UNALLOCATED, job_key, split_by_hour
 from collector.schemas import BatchIn, IntervalIn
 
-UNALLOCATED = "unallocated"  # local job id of GPU time no job owns: the cluster's idle account
 FUTURE_TOLERANCE_S = 300.0
 RETRIES = 5
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
@@ -38,44 +38,15 @@ class IngestResult:
     intervals: int
 
 
-def job_key(cluster: str, job: str | None) -> str:
-    return f"{cluster}/{job or UNALLOCATED}"
-
-
-def hour_pieces(start_s: float, end_s: float) -> list[tuple[int, float]]:
-    """(hour start, fraction of the interval) for every hour the interval touches."""
-    first = math.floor(start_s / 3600) * 3600
-    if end_s <= start_s or end_s <= first + 3600:
-        return [(first, 1.0)]
-    pieces, hour = [], first
-    while hour < end_s:
-        overlap = min(end_s, hour + 3600) - max(start_s, hour)
-        if overlap > 0:
-            pieces.append((hour, overlap / (end_s - start_s)))
-        hour += 3600
-    return pieces
-
-
 def rollup(batch: BatchIn) -> dict[tuple[str, int, str], list[float]]:
-    """Sum the batch per (job, hour, GPU model): [gpu_seconds, busy, energy_j, energy_counter_j].
-
-    An interval across an hour boundary is split in proportion to time; the last piece takes
-    the remainder, so the batch's totals are kept exactly.
-    """
+    """Sum the batch per (job, hour, GPU model): [gpu_seconds, busy, energy_j, energy_counter_j]."""
     sums: dict[tuple[str, int, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     for interval in batch.intervals:
         job = job_key(batch.cluster, interval.job)
-        values = _values(interval)
-        pieces = hour_pieces(interval.start_s, interval.end_s)
-        left = list(values)
-        for n, (hour, fraction) in enumerate(pieces):
-            last = n == len(pieces) - 1
-            share = left if last else [v * fraction for v in values]
+        for hour, share in split_by_hour(interval.start_s, interval.end_s, _values(interval)):
             row = sums[(job, hour, interval.gpu_model)]
             for i in range(4):
                 row[i] += share[i]
-                if not last:
-                    left[i] -= share[i]
     return sums
 
 
@@ -110,6 +81,8 @@ def _apply(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
             _write_intervals(conn, batch)
             _write_rollups(conn, batch)
             _write_jobs(conn, batch, now_s)
+        if batch.network:
+            write_network(conn, batch)
     return IngestResult(applied=True, intervals=len(batch.intervals))
 
 

@@ -78,3 +78,29 @@ class JobGpu(SQLModel, table=True):
     job_id: str = Field(primary_key=True, max_length=300)
     node: str = Field(primary_key=True, max_length=128)
     gpu_uuid: str = Field(primary_key=True, max_length=128)
+
+
+class JobNetHour(SQLModel, table=True):
+    """Hourly RoCE rollup per (job, hour, node). A counter no port reported stays NULL."""
+
+    __tablename__ = "job_net_hours"
+    job_id: str = Field(primary_key=True, max_length=300)
+    hour_s: int = Field(primary_key=True, sa_type=BigInteger)
+    node: str = Field(primary_key=True, max_length=128)
+    seconds: float
+    ports: int
+    tx_bytes: float | None = None
+    rx_bytes: float | None = None
+    tx_packets: float | None = None
+    rx_packets: float | None = None
+    cnp_sent: float | None = None
+    cnp_handled: float | None = None
+    ecn_marked_packets: float | None = None
+    retransmits: float | None = None
+    out_of_sequence: float | None = None
+    timeouts: float | None = None
+    apportioned_bytes: float
+    peak_tx_gbps: float
+    peak_rx_gbps: float
+    peak_link_util_pct: float | None = None
+    link_down_port_seconds: float

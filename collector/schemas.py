@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from agent.energy import METHODS
+from agent.network import NETWORK_COUNTERS
+
+NETWORK_COUNTER_NAMES = tuple(NETWORK_COUNTERS)
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 ClusterLabel = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x2e\x30-\x7e]+$")]
@@ -51,6 +54,34 @@ class IntervalIn(Strict):
         return self
 
 
+NetworkCounter = Literal[NETWORK_COUNTER_NAMES]  # type: ignore[valid-type]
+
+
+class NetworkIn(Strict):
+    """One job's share of the node's RoCE traffic over one interval (summed over ports)."""
+
+    job: Label | None
+    start_s: Seconds
+    end_s: Seconds
+    ports: int = Field(ge=0, le=256)
+    seconds: Seconds
+    counters: dict[NetworkCounter, Annotated[float, Field(ge=0)]]
+    apportioned_bytes: Seconds
+    peak_tx_gbps: Annotated[float, Field(ge=0, le=100_000)]
+    peak_rx_gbps: Annotated[float, Field(ge=0, le=100_000)]
+    peak_link_util_pct: Annotated[float, Field(ge=0)] | None = None
+    link_down_port_seconds: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NetworkIn:
+        span_s = self.end_s - self.start_s
+        if span_s < 0:
+            raise ValueError(f"end_s = {self.end_s} is before start_s = {self.start_s}")
+        if span_s > MAX_INTERVAL_S:
+            raise ValueError(f"end_s - start_s = {span_s} s: expected at most {MAX_INTERVAL_S:g} s")
+        return self
+
+
 class JobIn(Strict):
     id: Label
     name: Text | None = None
@@ -69,3 +100,4 @@ class BatchIn(Strict):
     simulated: bool = False
     jobs: list[JobIn] = Field(default_factory=list, max_length=100_000)
     intervals: list[IntervalIn] = Field(max_length=200_000)
+    network: list[NetworkIn] = Field(default_factory=list, max_length=100_000)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from api import reads
 from api.deps import ConfigDep, EngineDep
+from api.network import network_report
 from api.reports import build_reports, now
 from api.schemas import JobPage, JobReport
 
@@ -36,4 +37,4 @@ def get_job(job_id: str, engine: EngineDep, config: ConfigDep) -> JobReport:
         hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
         raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
     (report,) = build_reports(engine, [job], config)
-    return JobReport(**report, as_of=now())
+    return JobReport(**report, as_of=now(), network=network_report(reads.network(engine, job_id)))
