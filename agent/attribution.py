@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ class JobRef:
     name: str | None = None
     user: str | None = None
     account: str | None = None
+    budget_usd: float | None = None
+    budget_co2e_kg: float | None = None
 
 
 Owners = tuple[JobRef, ...]  # several owners share the GPU equally; empty: unallocated
@@ -72,13 +75,23 @@ def job_from_environ(env: Mapping[str, str]) -> JobRef | None:
     Name and account come from the same family of variables as the id, never mixed.
     """
     user = env.get("GPULEDGER_JOB_USER") or env.get("SLURM_JOB_USER") or env.get("USER")
+    budget = (_amount(env, "GPULEDGER_BUDGET_USD"), _amount(env, "GPULEDGER_BUDGET_CO2E_KG"))
     if job_id := env.get("GPULEDGER_JOB_ID"):
-        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"))
+        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"), *budget)
     if job_id := env.get("SLURM_JOB_ID"):
-        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"))
+        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"), *budget)
     if job_id := env.get("TORCHELASTIC_RUN_ID"):
-        return JobRef(job_id, None, user, None)
+        return JobRef(job_id, None, user, None, *budget)
     return None
+
+
+def _amount(env: Mapping[str, str], name: str) -> float | None:
+    """A budget from the environment; anything but a finite number >= 0 is ignored."""
+    try:
+        value = float(env.get(name, ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def job_from_cgroup(text: str) -> JobRef | None:
@@ -157,4 +170,4 @@ class Attributor:
 
 
 def _richness(job: JobRef) -> int:
-    return sum(value is not None for value in (job.name, job.user, job.account))
+    return sum(value is not None for value in (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg))

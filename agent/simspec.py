@@ -30,6 +30,7 @@ utilization = 0.93
 network_gbps = 120.0              # per node and direction, spread over the node's NICs
 cnp_per_s = 40.0                  # congestion notifications per node and second
 retrans_per_gb = 0.2              # RoCE retransmissions per GB sent
+budget_usd = 500.0                # as GPULEDGER_BUDGET_USD in the job's environment
 
 [[events]]                        # quirks of real hardware, on a schedule
 kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
@@ -81,6 +82,7 @@ class JobSpec:
     network_gbps: float = 0.0
     cnp_per_s: float = 0.0
     retrans_per_gb: float = 0.0
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         network_gbps=_number(table, where, "network_gbps", 0.0),
         cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
+        budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
     )
 
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
 
 from agent import __version__
 from api import errors
 from api.deps import EngineDep
+from api.intensity.feeds import refresh
 from api.rates import LedgerConfig
-from api.routes import ingest, jobs
+from api.metrics import BudgetCollector
+from api.routes import ingest, jobs, ledger, usage
 from collector.lifecycle import end_silent_jobs
 from collector.retention import prune
 
@@ -32,6 +37,9 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> 
                 lambda: prune(engine, time.time(), config.retention.raw_days),
                 "interval", seconds=config.retention.prune_interval_s, id="prune_raw_intervals",
             )
+            for n, provider in enumerate(config.intensity_providers):
+                sched.add_job(refresh, "interval", args=(engine, provider), seconds=provider.interval_s,
+                              id=f"intensity_{n}_{provider.kind}", next_run_time=datetime.now(UTC))
             sched.start()
         yield
         if sched.running:
@@ -42,7 +50,15 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> 
     app.state.engine, app.state.config = engine, config
     errors.install(app)
     app.include_router(ingest.router)
+    app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
     app.include_router(jobs.router)
+    app.include_router(usage.router)
+    registry = CollectorRegistry()
+    registry.register(BudgetCollector(engine, config))
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     def healthz(engine: EngineDep) -> dict[str, str]:

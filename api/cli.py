@@ -74,16 +74,26 @@ def db_current(db: DbOption = "sqlite:///gpuledger.db") -> None:
 def report(
     job: Annotated[str, typer.Argument(help="Job id, cluster-scoped: <cluster>/<job id>.")],
     server: Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="Server base URL.")] = "http://127.0.0.1:8080",
-    format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",  # noqa: A002
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="table, json or csv [default: table]; with --convention: md or json [default: md].")] = None,  # noqa: A002
+    convention: Annotated[Optional[str], typer.Option(help="measured or tdp: a model-card style footprint table.")] = None,
 ) -> None:
-    """Print one job's GPU-hours, energy, cost and CO2e."""
+    """Print one job's GPU-hours, energy, cost and CO2e, or its model-card footprint."""
+    import json
+
     from api.report import ReportError, fetch, render
 
-    if format not in ("table", "json", "csv"):
-        typer.echo(f"gpuledger report: error: --format {format!r}: expected table, json or csv", err=True)
+    formats = ("md", "json") if convention else ("table", "json", "csv")
+    format = format or formats[0]  # noqa: A001
+    if format not in formats or (convention and convention not in ("measured", "tdp")):
+        what = f"--convention {convention!r}: expected measured or tdp" if format in formats else f"--format {format!r}: expected {' or '.join(formats)}"
+        typer.echo(f"gpuledger report: error: {what}", err=True)
         raise typer.Exit(2)
     try:
-        typer.echo(render(fetch(server, job), format))
+        if convention:
+            body = fetch(server, job, suffix=f"/footprint?convention={convention}")
+            typer.echo(body["markdown"] if format == "md" else json.dumps(body, indent=2))
+        else:
+            typer.echo(render(fetch(server, job), format))
     except ReportError as exc:
         typer.echo(f"gpuledger report: error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -98,6 +108,35 @@ def demo(
     from api.demo import run_demo
 
     raise typer.Exit(run_demo(port, workdir))
+
+
+intensity_app = typer.Typer(no_args_is_help=True, help="Grid carbon-intensity series.")
+app.add_typer(intensity_app, name="intensity")
+
+
+@intensity_app.command("import")
+def intensity_import(
+    csv_file: Annotated[Path, typer.Argument(help="CSV with header region,start,end,g_per_kwh (ISO 8601 times).")],
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Import an hourly (or finer) intensity series; reports use it for the hours it covers."""
+    import time
+
+    from api.intensity import read_csv
+    from api.intensity.store import store
+    from collector.db import make_engine
+    from collector.schema import SchemaOutdated, prepare
+
+    try:
+        points = read_csv(csv_file)
+        engine = make_engine(db)
+        prepare(engine, db)
+    except (OSError, ValueError, SchemaOutdated) as exc:
+        typer.echo(f"gpuledger intensity import: error: {csv_file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    hours = store(engine, points, time.time())
+    regions = sorted({p.region for p in points})
+    typer.echo(f"{len(points)} points -> {hours} region-hours stored ({', '.join(regions)})")
 
 
 def main() -> None:

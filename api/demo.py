@@ -35,13 +35,26 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60.0) -
     return False
 
 
+TRAINING_JOB, STEPS_PER_S, TOTAL_STEPS = "demo/1001", 2.0, 7200.0  # a one-hour run reporting its steps
+
+
+def _report_progress(url: str, epoch_s: float) -> None:
+    """What a training loop would do: tell the ledger how far it is, for the forecast."""
+    steps = min((time.time() - epoch_s) * STEPS_PER_S, TOTAL_STEPS)
+    httpx.post(f"{url}/v1/jobs/{TRAINING_JOB}/progress", json={"steps_done": steps, "total_steps": TOTAL_STEPS}, timeout=5.0)
+
+
 def _table(url: str) -> str:
     jobs = httpx.get(f"{url}/v1/jobs", timeout=5.0).json()["items"]
-    lines = [f"{'job':<20} {'state':<8} {'gpus':>4} {'GPU-h':>9} {'kWh':>9} {'USD':>9} {'kgCO2e':>8}"]
+    lines = [f"{'job':<20} {'state':<8} {'gpus':>4} {'GPU-h':>9} {'kWh':>9} {'USD':>9} {'kgCO2e':>8}  forecast"]
     for j in jobs:
+        budget = j["budget"]
+        forecast = "" if budget["forecast_cost_usd"] is None else f"${budget['forecast_cost_usd']:.2f} ({budget['forecast_method']})"
+        if budget["budget_usd"] is not None:
+            forecast += f" of ${budget['budget_usd']:.0f} budget" + (" OVER" if budget["forecast_over_budget"] else "")
         lines.append(
             f"{j['job_id']:<20} {j['state']:<8} {j['gpus']:>4} {j['gpu_hours']:>9.3f} "
-            f"{j['energy_kwh']:>9.3f} {j['cost_usd']:>9.2f} {j['co2e_kg']:>8.3f}"
+            f"{j['energy_kwh']:>9.3f} {j['cost_usd']:>9.2f} {j['co2e_kg']:>8.3f}  {forecast}"
         )
     return "\n".join(lines)
 
@@ -78,6 +91,8 @@ def run_demo(port: int, workdir: Path) -> int:
         print(f"gpuledger demo is running ({len(children) - 1} simulated nodes; data in {workdir}/demo.db)")
         print(f"  jobs:        {url}/v1/jobs")
         print(f"  one job:     {url}/v1/jobs/demo/1001")
+        print(f"  model card:  .venv/bin/gpuledger report demo/1001 --convention tdp --server {url}")
+        print(f"  showback:    {url}/v1/usage?group_by=account")
         print(f"  API docs:    {url}/docs")
         print(f"  health:      {url}/healthz")
         print(f"  in a shell:  .venv/bin/gpuledger report demo/1001 --server {url}")
@@ -85,6 +100,7 @@ def run_demo(port: int, workdir: Path) -> int:
         while all(child.poll() is None for child in children):
             time.sleep(10)
             try:
+                _report_progress(url, float(epoch))
                 print(f"--- {time.strftime('%H:%M:%S')}\n{_table(url)}", flush=True)
             except (httpx.HTTPError, KeyError):
                 pass

@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, literal, select
 
 from api.pricing import UsageRow
-from collector.models import Job, JobGpu, JobHour, JobNetHour
+from collector.pieces import UNALLOCATED
+from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour
 
 jobs_t, hours_t, job_gpus_t = Job.__table__, JobHour.__table__, JobGpu.__table__
-net_hours_t = JobNetHour.__table__
+net_hours_t, grid_t = JobNetHour.__table__, GridIntensity.__table__
+IDLE_GROUP, NO_GROUP = "(unallocated)", "(none)"
 
 
 def list_jobs(
@@ -40,21 +42,27 @@ def get_job(engine: Engine, job_id: str) -> dict[str, Any] | None:
 
 
 def usage(engine: Engine, job_ids: list[str]) -> dict[str, list[UsageRow]]:
-    """Each job's rollups summed per (datacenter, GPU model)."""
-    query = (
-        select(
-            hours_t.c.job_id, hours_t.c.datacenter, hours_t.c.gpu_model,
-            func.sum(hours_t.c.gpu_seconds), func.sum(hours_t.c.busy_gpu_seconds),
-            func.sum(hours_t.c.energy_j), func.sum(hours_t.c.energy_counter_j),
-        )
-        .where(hours_t.c.job_id.in_(job_ids))
-        .group_by(hours_t.c.job_id, hours_t.c.datacenter, hours_t.c.gpu_model)
-    )
+    """Each job's hourly rollups."""
+    query = select(
+        hours_t.c.job_id, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model, hours_t.c.gpu_seconds,
+        hours_t.c.busy_gpu_seconds, hours_t.c.energy_j, hours_t.c.energy_counter_j,
+    ).where(hours_t.c.job_id.in_(job_ids))
     result: dict[str, list[UsageRow]] = defaultdict(list)
     with engine.connect() as conn:
         for job_id, *values in conn.execute(query):
             result[job_id].append(UsageRow(*values))
     return result
+
+
+def hourly_intensity(engine: Engine, regions: set[str], first_hour_s: int, last_hour_s: int) -> dict[tuple[str, int], float]:
+    """The stored hourly series of ``regions`` over [first_hour_s, last_hour_s]."""
+    if not regions:
+        return {}
+    query = select(grid_t.c.region, grid_t.c.hour_s, grid_t.c.g_per_kwh).where(
+        grid_t.c.region.in_(sorted(regions)), grid_t.c.hour_s.between(first_hour_s, last_hour_s)
+    )
+    with engine.connect() as conn:
+        return {(region, hour): g for region, hour, g in conn.execute(query)}
 
 
 def placement(engine: Engine, job_ids: list[str]) -> dict[str, tuple[int, int]]:
@@ -84,3 +92,22 @@ def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
     )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def usage_by_group(engine: Engine, group_by: str, from_s: float, to_s: float) -> dict[tuple[str, str], list[UsageRow]]:
+    """Hourly rollups in [from_s, to_s) summed per (group, cluster); the idle account is its own group."""
+    idle = jobs_t.c.local_id == UNALLOCATED
+    group = case((idle, literal(IDLE_GROUP)), else_=func.coalesce(jobs_t.c[group_by], literal(NO_GROUP)))
+    query = (
+        select(group, jobs_t.c.cluster, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model,
+               func.sum(hours_t.c.gpu_seconds), func.sum(hours_t.c.busy_gpu_seconds),
+               func.sum(hours_t.c.energy_j), func.sum(hours_t.c.energy_counter_j))
+        .join(jobs_t, jobs_t.c.job_id == hours_t.c.job_id)
+        .where(hours_t.c.hour_s >= int(from_s // 3600 * 3600), hours_t.c.hour_s < to_s)
+        .group_by(group, jobs_t.c.cluster, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model)
+    )
+    result: dict[tuple[str, str], list[UsageRow]] = defaultdict(list)
+    with engine.connect() as conn:
+        for name, cluster, *values in conn.execute(query):
+            result[(name, cluster)].append(UsageRow(*values))
+    return result

@@ -21,8 +21,8 @@ class ReportError(RuntimeError):
     pass
 
 
-def fetch(server: str, job_id: str, client: httpx.Client | None = None) -> dict[str, Any]:
-    url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}"
+def fetch(server: str, job_id: str, client: httpx.Client | None = None, suffix: str = "") -> dict[str, Any]:
+    url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}{suffix}"
     try:
         with client or httpx.Client(timeout=10.0) as http:
             response = http.get(url)
@@ -56,6 +56,15 @@ def render(report: dict[str, Any], fmt: str) -> str:
         return out.getvalue().rstrip("\n")
     width = max(len(f) for f in FIELDS)
     lines = [f"{f:<{width}}  {_fmt(report.get(f))}" for f in FIELDS]
+    budget = report.get("budget") or {}
+    if budget:
+        lines.append(f"{'spend_usd_per_hour':<{width}}  {_fmt(budget.get('spend_usd_per_hour'))}")
+        lines.append(f"{'forecast (' + str(budget.get('forecast_method')) + ')':<{width}}  "
+                     f"{_fmt(budget.get('forecast_cost_usd'))} USD, {_fmt(budget.get('forecast_co2e_kg'))} kg CO2e"
+                     f" at {_fmt(budget.get('forecast_end_at'))}")
+        if budget.get("budget_usd") is not None or budget.get("budget_co2e_kg") is not None:
+            state = "OVER BUDGET" if budget.get("over_budget") else ("forecast over budget" if budget.get("forecast_over_budget") else "within budget")
+            lines.append(f"{'budget':<{width}}  {_fmt(budget.get('budget_usd'))} USD, {_fmt(budget.get('budget_co2e_kg'))} kg CO2e: {state}")
     rates = report.get("rates", {})
     lines.append("rates applied:")
     for kind, table in rates.items():

@@ -4,25 +4,55 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Rates(BaseModel):
-    usd_per_gpu_hour: dict[str, float] = Field(description="Price applied, by GPU model.")
+    usd_per_gpu_hour: dict[str, float | None] = Field(description="Effective price per GPU-hour, by GPU model.")
+    cost_method: dict[str, str] = Field(description="list, rate_card or tco, by GPU model.")
     embodied_kg_per_gpu_hour: dict[str, float] = Field(description="Embodied kgCO2e per GPU-hour, by GPU model.")
-    pue: dict[str, float] = Field(description="Power usage effectiveness, by datacenter.")
+    pue: dict[str, float] = Field(description="Effective power usage effectiveness, by datacenter.")
     region: dict[str, str] = Field(description="Grid region, by datacenter.")
-    grid_intensity_g_per_kwh: dict[str, float] = Field(description="Location-based gCO2e per kWh, by region.")
+    market_g_per_kwh: dict[str, float | None] = Field(description="Contractual factor, by datacenter.")
+    node_overhead_w: dict[str, float] = Field(description="Per-node CPU/memory/NIC watts added, by datacenter.")
+    grid_intensity_g_per_kwh: dict[str, float] = Field(description="Effective location-based gCO2e/kWh, by region.")
+    intensity_hourly_fraction: dict[str, float] = Field(
+        description="Share of the region's facility energy priced with the hourly series (the rest: static figure)."
+    )
 
 
 class Usage(BaseModel):
     gpu_hours: float = Field(description="Allocated GPU time: Σ gpu_seconds / 3600.")
     busy_gpu_hours: float = Field(description="GPU time weighted by NVML utilisation.")
-    energy_kwh: float = Field(description="GPU board energy: Σ energy_j / 3.6e6.")
-    facility_energy_kwh: float = Field(description="energy_kwh × PUE of the datacenter.")
-    cost_usd: float = Field(description="Σ gpu_hours × usd_per_gpu_hour(model).")
-    co2e_kg: float = Field(description="Σ facility_energy_kwh × grid intensity / 1000 (location-based).")
+    gpu_energy_kwh: float = Field(description="GPU board energy: Σ energy_j / 3.6e6.")
+    overhead_energy_kwh: float = Field(description="Configured per-node overhead, shared by GPU count.")
+    energy_kwh: float = Field(description="gpu_energy_kwh + overhead_energy_kwh.")
+    facility_energy_kwh: float = Field(description="energy_kwh × PUE of the datacenter at that hour.")
+    cost_usd: float = Field(description="Σ gpu_hours × usd_per_gpu_hour(model, hour), or TCO.")
+    co2e_kg: float = Field(description="Σ_hours facility_energy_kwh × grid intensity / 1000 (location-based).")
+    market_co2e_kg: float | None = Field(description="Σ facility_energy_kwh × contractual factor / 1000; null if none.")
     embodied_co2e_kg: float = Field(description="Σ gpu_hours × embodied_kg_per_gpu_hour(model).")
+
+
+class Progress(BaseModel):
+    steps_done: float | None
+    total_steps: float | None
+    reported_at: datetime | None
+
+
+class Budget(BaseModel):
+    budget_usd: float | None
+    budget_co2e_kg: float | None
+    spend_usd_per_hour: float | None
+    co2e_kg_per_hour: float | None
+    forecast_method: str = Field(description="steps, declared_end, ended or observed_rate.")
+    forecast_end_at: datetime | None
+    forecast_cost_usd: float | None
+    forecast_co2e_kg: float | None
+    over_budget: bool
+    forecast_over_budget: bool
+    budget_exhausted_at: datetime | None = Field(description="When the USD budget runs out at the observed rate.")
+    progress: Progress | None
 
 
 class UsagePart(Usage):
@@ -45,6 +75,7 @@ class JobSummary(Usage):
     energy_measured_fraction: float | None = Field(
         description="Share of energy_kwh from NVML's energy counter; the rest is estimated from power."
     )
+    budget: Budget
 
 
 class NetworkNode(BaseModel):
@@ -101,3 +132,16 @@ class JobPage(BaseModel):
 class IngestAck(BaseModel):
     applied: bool = Field(description="False when this (node, boot_id, seq) was applied before.")
     intervals: int
+
+
+class ProgressIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    steps_done: float | None = Field(default=None, ge=0)
+    total_steps: float | None = Field(default=None, gt=0)
+    expected_end_at: AwareDatetime | None = None
+
+
+class BudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    usd: float | None = Field(default=None, ge=0)
+    co2e_kg: float | None = Field(default=None, ge=0)

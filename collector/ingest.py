@@ -128,6 +128,7 @@ def _write_jobs(conn: Connection, batch: BatchIn, now_s: float) -> None:
             "job_id": job_key(batch.cluster, job), "cluster": batch.cluster, "local_id": job or UNALLOCATED,
             "name": info.name if info else (UNALLOCATED if job is None else None),
             "user": info.user if info else None, "account": info.account if info else None,
+            "budget_usd": info.budget_usd if info else None, "budget_co2e_kg": info.budget_co2e_kg if info else None,
             "state": RUNNING, "first_seen_s": first_s, "last_seen_s": last_s, "ended_s": None,
         })
     stmt = insert_for(conn, jobs_t)
@@ -138,6 +139,9 @@ def _write_jobs(conn: Connection, batch: BatchIn, now_s: float) -> None:
             "name": func.coalesce(new.name, jobs_t.c.name),
             "user": func.coalesce(new.user, jobs_t.c.user),
             "account": func.coalesce(new.account, jobs_t.c.account),
+            # A budget set through the API is kept; the job's environment only fills a gap.
+            "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
+            "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
             "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),
             "last_seen_s": case((new.last_seen_s > jobs_t.c.last_seen_s, new.last_seen_s), else_=jobs_t.c.last_seen_s),
             # Only data newer than any seen revives an ended job; a late replay does not.

@@ -55,6 +55,12 @@ class Job(SQLModel, table=True):
     first_seen_s: float
     last_seen_s: float
     ended_s: float | None = None
+    budget_usd: float | None = None
+    budget_co2e_kg: float | None = None
+    steps_done: float | None = None
+    total_steps: float | None = None
+    expected_end_s: float | None = None
+    progress_at_s: float | None = None
 
 
 class JobHour(SQLModel, table=True):
@@ -104,3 +110,15 @@ class JobNetHour(SQLModel, table=True):
     peak_rx_gbps: float
     peak_link_util_pct: float | None = None
     link_down_port_seconds: float
+
+
+class GridIntensity(SQLModel, table=True):
+    """Hourly grid carbon intensity per region (imported or fetched from a provider)."""
+
+    __tablename__ = "grid_intensity"
+    region: str = Field(primary_key=True, max_length=128)
+    hour_s: int = Field(primary_key=True, sa_type=BigInteger)
+    g_per_kwh: float
+    source: str = Field(max_length=64)
+    estimated: bool = False
+    updated_at_s: float

@@ -87,6 +87,8 @@ class JobIn(Strict):
     name: Text | None = None
     user: Text | None = None
     account: Text | None = None
+    budget_usd: Annotated[float, Field(ge=0)] | None = None
+    budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
 
 
 class BatchIn(Strict):

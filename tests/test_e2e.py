@@ -76,8 +76,10 @@ def test_two_agents_report_matches_ground_truth(db_url: str, tmp_path: Path):
 
     rates = report["rates"]
     assert rates == {
-        "usd_per_gpu_hour": {"NVIDIA H100 80GB HBM3": 5.5}, "embodied_kg_per_gpu_hour": {"NVIDIA H100 80GB HBM3": 0.02},
-        "pue": {"dc-x": 1.25}, "region": {"dc-x": "grid-x"}, "grid_intensity_g_per_kwh": {"grid-x": 420.0},
+        "usd_per_gpu_hour": {"NVIDIA H100 80GB HBM3": 5.5}, "cost_method": {"NVIDIA H100 80GB HBM3": "list"},
+        "embodied_kg_per_gpu_hour": {"NVIDIA H100 80GB HBM3": 0.02}, "pue": {"dc-x": 1.25}, "region": {"dc-x": "grid-x"},
+        "market_g_per_kwh": {"dc-x": None}, "node_overhead_w": {"dc-x": 0.0},
+        "grid_intensity_g_per_kwh": {"grid-x": 420.0}, "intensity_hourly_fraction": {"grid-x": 0.0},
     }
     kwh = truth_energy_j / 3.6e6
     assert report["cost_usd"] == pytest.approx(truth_gpu_s / 3600 * 5.5, rel=1e-12)

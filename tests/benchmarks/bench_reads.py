@@ -133,8 +133,8 @@ def run(quick: bool = False) -> Section:
     import httpx
 
     section = Section("reads")
-    jobs = 20_000 if quick else 100_000
-    seq_s, conc_s = (1.5, 3.0) if quick else (4.0, 15.0)
+    jobs = 10_000 if quick else 100_000
+    seq_s, conc_s = (1.0, 2.0) if quick else (4.0, 20.0)
     for backend in backends():
         with temp_database(backend) as url, tempfile.TemporaryDirectory(prefix="bench_reads_") as tmp:
             engine = new_engine(url)

@@ -185,6 +185,35 @@ def postgres_cpu_delta(before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes of this machine have used since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class ForeignLoad:
+    """CPU used on this machine by processes that are neither this suite (itself and the
+    children it waited for) nor PostgreSQL: other people's work that disturbs the figures."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float, float]:
+        t = os.times()
+        pg = sum(postgres_cpu_s().values())
+        return time.monotonic(), machine_busy_s(), t.user + t.system + t.children_user + t.children_system, pg
+
+    def cores(self) -> float:
+        """Average cores used by foreign processes since construction."""
+        wall0, busy0, ours0, pg0 = self.start
+        wall1, busy1, ours1, pg1 = self._sample()
+        foreign = (busy1 - busy0) - (ours1 - ours0) - max(pg1 - pg0, 0.0)
+        return max(foreign, 0.0) / max(wall1 - wall0, 1e-9)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -273,10 +302,40 @@ def node_jobs(node: int) -> list[dict[str, Any]]:
     ]
 
 
+def batches_carry_network() -> bool:
+    """Whether this tree's collector takes RoCE ``network`` entries in a batch (being added)."""
+    try:
+        from collector.schemas import BatchIn
+    except ImportError:
+        return False
+    return "network" in BatchIn.model_fields
+
+
+def node_network(node: int, start_s: float, end_s: float, rng: random.Random) -> list[dict[str, Any]]:
+    """RoCE entries as the agent cuts them (agent/network.py): one per owner of the node's GPUs,
+    its share of 8 ports' traffic over [start_s, end_s]."""
+    seconds = end_s - start_s
+    entries = []
+    for job, share in ((f"{100000 + node // 8}", 6 / 8), (f"{200000 + node}", 1 / 8), (None, 1 / 8)):
+        tx = 400e9 / 8 * 0.2 * seconds * share * (0.95 + 0.1 * rng.random())  # ~20 % of 400 Gb/s
+        rx = tx * (0.98 + 0.04 * rng.random())
+        entries.append({
+            "job": job, "start_s": start_s, "end_s": end_s, "ports": 8, "seconds": seconds,
+            "counters": {"tx_bytes": tx, "rx_bytes": rx, "tx_packets": tx / 4096, "rx_packets": rx / 4096,
+                         "cnp_sent": 1128.0 * share * seconds, "cnp_handled": 1128.0 * share * seconds,
+                         "ecn_marked_packets": 1128.0 * share * seconds, "retransmits": 29.5 * share * seconds,
+                         "out_of_sequence": 29.5 * share * seconds, "timeouts": 0.0},
+            "apportioned_bytes": tx + rx, "peak_tx_gbps": 612.2, "peak_rx_gbps": 607.2,
+            "peak_link_util_pct": 19.7, "link_down_port_seconds": 0.0,
+        })
+    return entries
+
+
 def node_batch(node: int, seq: int, start_s: float, steps: int = 1, step_s: float = 10.0,
-               boot_id: str = "boot-bench", rng: random.Random | None = None) -> dict[str, Any]:
+               boot_id: str = "boot-bench", rng: random.Random | None = None, network: bool = False) -> dict[str, Any]:
     """One batch of node ``node``: ``steps`` consecutive push intervals of ``step_s`` for each of
-    its 8 GPUs (steps=1: what a real agent sends every 10 s; steps=64: 512 intervals)."""
+    its 8 GPUs (steps=1: what a real agent sends every 10 s; steps=64: 512 intervals).
+    ``network``: with the RoCE entries of an agent on a node with 8 ports (3 per step)."""
     rng = rng or random.Random(node * 1_000_003 + seq)
     owners = node_owners(node)
     intervals = []
@@ -301,11 +360,16 @@ def node_batch(node: int, seq: int, start_s: float, steps: int = 1, step_s: floa
                 "max_memory_used_bytes": None if job is None else 60_000_000_000 + rng.randrange(10_000_000_000),
             })
     owners_seen = {o for o in owners if o is not None}
+    extra = {}
+    if network:
+        extra["network"] = [e for step in range(steps) for e in node_network(
+            node, round(start_s + step * step_s, 3), round(start_s + (step + 1) * step_s, 3), rng)]
     return {
         "node": node_name(node), "cluster": CLUSTER, "datacenter": DATACENTER, "boot_id": boot_id,
         "seq": seq, "sent_at_s": start_s + steps * step_s, "agent_version": "0.1.0", "simulated": True,
         "jobs": [j for j in node_jobs(node) if j["id"] in owners_seen],
         "intervals": intervals,
+        **extra,
     }
 
 
@@ -322,8 +386,9 @@ def interval_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def batch_set(nodes: int, pushes: int, steps: int, start_s: float, boot_id: str = "boot-bench") -> list[dict[str, Any]]:
+def batch_set(nodes: int, pushes: int, steps: int, start_s: float, boot_id: str = "boot-bench",
+              network: bool = False) -> list[dict[str, Any]]:
     """``pushes`` rounds of one batch per node, round after round as a fleet sends them."""
     span = steps * 10.0
-    return [node_batch(node, push, start_s + push * span, steps, boot_id=boot_id)
+    return [node_batch(node, push, start_s + push * span, steps, boot_id=boot_id, network=network)
             for push in range(pushes) for node in range(nodes)]

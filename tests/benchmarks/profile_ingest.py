@@ -3,7 +3,7 @@
 Not part of run.py (the suite's figures do not need it). Needs pyinstrument and py-spy in
 the venv (``.venv/bin/pip install pyinstrument py-spy``; py-spy must be allowed to ptrace).
 
-    python tests/benchmarks/profile_ingest.py fn   [--backend sqlite|postgresql] [--size 8|512]
+    python tests/benchmarks/profile_ingest.py fn   [--backend sqlite|postgresql] [--size 8|512] [--network]
         pyinstrument around apply_batch with pre-validated batches (in this process)
     python tests/benchmarks/profile_ingest.py http [--backend ...] [--size 8|512]
         py-spy on the ``gpuledger server`` process while loadgen POSTs /v1/ingest
@@ -82,7 +82,7 @@ def summarize(raw: Path, top: int = 60) -> str:
     return "\n".join(out)
 
 
-def profile_fn(backend: str, size: int) -> None:
+def profile_fn(backend: str, size: int, network: bool = False) -> None:
     from pyinstrument import Profiler
 
     from collector.ingest import apply_batch
@@ -93,7 +93,7 @@ def profile_fn(backend: str, size: int) -> None:
         engine = new_engine(url)
         count = 3000 if size == 8 else 120
         batches = [BatchIn.model_validate(b) for b in batch_set(min(count, 1000), -(-count // 1000), steps,
-                                                                base_time(back_s=7200), "prof")[:count]]
+                                                                base_time(back_s=7200), "prof", network)[:count]]
         for b in batches[:50]:  # warm the statement cache
             apply_batch(engine, b, time.time())
         profiler = Profiler(interval=0.0002)
@@ -147,9 +147,10 @@ def main() -> None:
     parser.add_argument("what", choices=("fn", "http", "get"))
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--size", type=int, default=8, choices=(8, 512))
+    parser.add_argument("--network", action="store_true", help="fn: batches with RoCE entries")
     args = parser.parse_args()
     if args.what == "fn":
-        profile_fn(args.backend, args.size)
+        profile_fn(args.backend, args.size, args.network)
     else:
         profile_http(args.backend, args.size, get=args.what == "get")
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Section, log  # noqa: E402
+from common import ForeignLoad, Section, log  # noqa: E402
+
+FOREIGN_WARN_CORES = 0.15
 
 ORDER = ("ingest", "fleet", "reads", "storage", "agent")
 
@@ -31,7 +33,7 @@ def _module(name: str):  # noqa: ANN202
     return importlib.import_module(f"bench_{name}")
 
 
-def print_table(sections: list[Section]) -> None:
+def print_table(sections: list[Section], foreign: dict[str, float] | None = None) -> None:
     rows = [(s.name, r.what, r.figure, r.target, r.verdict) for s in sections for r in s.rows]
     head = ("bench", "what", "figure", "target", "verdict")
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
@@ -47,6 +49,14 @@ def print_table(sections: list[Section]) -> None:
             print(f"\nnotes, {section.name}:")
             for note in section.notes:
                 print(f"  - {note}")
+    if foreign:
+        print("\nother processes' CPU on this machine during each benchmark (2 cores; neither this suite nor "
+              "PostgreSQL): " + ", ".join(f"{name} {cores:.2f} cores" for name, cores in foreign.items()))
+        disturbed = [name for name, cores in foreign.items()
+                     if cores > FOREIGN_WARN_CORES and name != "storage"]  # storage counts bytes, not time
+        if disturbed:
+            print(f"WARNING: {', '.join(disturbed)} ran beside other work (> {FOREIGN_WARN_CORES} cores): "
+                  "those figures are pessimistic; rerun on a quiet machine")
     misses = sum("MISS" in r.verdict for s in sections for r in s.rows)
     passes = sum("PASS" in r.verdict for s in sections for r in s.rows)
     print(f"\n{passes} targets met, {misses} missed")
@@ -64,9 +74,11 @@ def main() -> int:
     start = time.monotonic()
     sections: list[Section] = []
     failed = 0
+    foreign: dict[str, float] = {}
     for name in (n for n in ORDER if n in chosen):
         log(f"=== {name} ({'quick' if args.quick else 'full'}) ===")
         t = time.monotonic()
+        load = ForeignLoad()
         try:
             sections.append(_module(name).run(quick=args.quick))
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
@@ -75,8 +87,9 @@ def main() -> int:
             broken = Section(name)
             broken.add(f"{name} benchmark", "FAILED (traceback above)", "-", "ERROR")
             sections.append(broken)
-        log(f"=== {name} done in {time.monotonic() - t:.0f} s ===")
-    print_table(sections)
+        foreign[name] = load.cores()
+        log(f"=== {name} done in {time.monotonic() - t:.0f} s (other processes meanwhile: {foreign[name]:.2f} cores) ===")
+    print_table(sections, foreign)
     print(f"total runtime: {time.monotonic() - start:.0f} s ({'quick' if args.quick else 'full'})")
     return 1 if failed else 0
 

@@ -1,0 +1,22 @@
+"""Grid carbon intensity (gCO2e/kWh) from Electricity Maps, WattTime, the UK National Grid
+API and CSV files, as ``IntensityPoint`` values; the caller stores them."""
+
+from api.intensity.csvfile import read_csv
+from api.intensity.sources import (
+    LB_PER_MWH_TO_G_PER_KWH,
+    ElectricityMaps,
+    IntensityPoint,
+    IntensityUnavailable,
+    UkNationalGrid,
+    WattTime,
+)
+
+__all__ = [
+    "LB_PER_MWH_TO_G_PER_KWH",
+    "ElectricityMaps",
+    "IntensityPoint",
+    "IntensityUnavailable",
+    "UkNationalGrid",
+    "WattTime",
+    "read_csv",
+]
