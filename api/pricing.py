@@ -62,8 +62,8 @@ def _hour(row: UsageRow, config: LedgerConfig, cluster: str, hourly: Hourly, app
     applied[("pue", row.datacenter)].add(dc.pue_at(row.hour_s))
     applied[("intensity", dc.region)].add(intensity)
     return {
-        "gpu_hours": gpu_hours, "busy_gpu_hours": row.busy_gpu_seconds / 3600,
-        "gpu_energy_kwh": gpu_kwh, "overhead_energy_kwh": overhead_kwh, "energy_kwh": gpu_kwh + overhead_kwh,
+        "gpu_seconds": row.gpu_seconds, "busy_gpu_seconds": row.busy_gpu_seconds, "energy_j": row.energy_j,
+        "overhead_energy_kwh": overhead_kwh,
         "facility_energy_kwh": facility_kwh, "cost_usd": cost, "co2e_kg": facility_kwh * intensity / 1000,
         "market_co2e_kg": None if dc.market_g_per_kwh is None else facility_kwh * dc.market_g_per_kwh / 1000,
         "embodied_co2e_kg": gpu_hours * config.embodied_kg(row.gpu_model),
@@ -77,6 +77,15 @@ def _add(into: dict[str, Any], part: dict[str, Any]) -> None:
             into.setdefault(key, None)
         else:
             into[key] = (into.get(key) or 0.0) + value
+
+
+def _derive(part: dict[str, Any]) -> dict[str, Any]:
+    """Hours and kWh from the summed seconds and joules: exact sums, one division."""
+    gpu_kwh = part["energy_j"] / 3.6e6
+    return part | {
+        "gpu_hours": part["gpu_seconds"] / 3600, "busy_gpu_hours": part["busy_gpu_seconds"] / 3600,
+        "gpu_energy_kwh": gpu_kwh, "energy_kwh": gpu_kwh + part["overhead_energy_kwh"],
+    }
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -106,7 +115,10 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
         "usd_per_gpu_hour", "cost_method", "embodied_kg_per_gpu_hour", "pue", "region", "market_g_per_kwh",
         "node_overhead_w", "grid_intensity_g_per_kwh", "intensity_hourly_fraction")}
     breakdown = []
+    raw = dict.fromkeys(("gpu_seconds", "busy_gpu_seconds", "energy_j", "overhead_energy_kwh"), 0.0)
     for (dc_name, model), part in sorted(parts.items()):
+        part = _derive(part)
+        _add(raw, {k: part[k] for k in raw})
         _add(totals, {k: part[k] for k in (*TOTALS, "market_co2e_kg")})
         dc = config.datacenter(dc_name)
         region = by_region[dc.region]
@@ -124,5 +136,6 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
     for name, (facility, co2e, hourly_kwh) in by_region.items():
         rates["grid_intensity_g_per_kwh"][name] = _rate(applied, "intensity", name, co2e * 1000, facility) or config.intensity(name)
         rates["intensity_hourly_fraction"][name] = _ratio(hourly_kwh, facility) or 0.0
+    totals.update({k: v for k, v in _derive(raw).items() if k in TOTALS})  # exact: from summed seconds and joules
     totals["energy_measured_fraction"] = counter_j / energy_j if energy_j > 0 else None
     return {**totals, "rates": rates, "breakdown": breakdown}
