@@ -136,6 +136,9 @@ class Agent:
             if until_s is None:
                 self.tick()  # account the time up to the stop
         finally:
-            if not self.push():
+            batch = self.make_batch()
+            if batch is not None:
+                self.pusher.submit(batch)
+            if not self.pusher.flush(force=True):
                 log.error("%d batches could not be delivered before exit", len(self.pusher.queue))
             self.source.close()

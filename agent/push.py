@@ -1,39 +1,65 @@
-"""Deliver batches to the collector, oldest first, until each is acknowledged."""
+"""Deliver batches to the collector, oldest first, until each is acknowledged.
+
+A failure (collector unreachable, 5xx, 429) is retried with exponential backoff and jitter,
+never sooner than the collector's Retry-After; the batches wait in the queue meanwhile.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 log = logging.getLogger(__name__)
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
 
 
 class Pusher:
-    def __init__(self, collector_url: str, client: httpx.Client | None = None, max_queued: int = 100_000) -> None:
+    def __init__(
+        self,
+        collector_url: str,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.url = collector_url.rstrip("/") + "/v1/ingest"
         self.client = client or httpx.Client(timeout=10.0)
         self.queue: deque[dict[str, Any]] = deque()
-        self.max_queued = max_queued
         self.rejected = 0
+        self.failures = 0  # consecutive, for the backoff
+        self.failed_attempts = 0
+        self._clock, self._rng = clock, rng or random.Random()
+        self._retry_at = float("-inf")
 
     def submit(self, batch: dict[str, Any]) -> None:
-        if len(self.queue) >= self.max_queued:
-            log.error("push queue full (%d batches): collector unreachable too long", len(self.queue))
         self.queue.append(batch)
 
-    def flush(self) -> bool:
+    def _backoff(self, retry_after_s: float = 0.0) -> None:
+        self.failures += 1
+        self.failed_attempts += 1
+        delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - 1)) * (0.5 + self._rng.random())
+        self._retry_at = self._clock() + max(delay_s, retry_after_s)
+
+    def flush(self, force: bool = False) -> bool:
         """Send queued batches in order; True when the queue is empty afterwards."""
+        if not force and self._clock() < self._retry_at:
+            return not self.queue
         while self.queue:
             batch = self.queue[0]
             try:
                 response = self.client.post(self.url, json=batch)
             except httpx.HTTPError as exc:
+                self._backoff()
                 log.warning("collector %s unreachable (%s); %d batches queued", self.url, exc, len(self.queue))
                 return False
             if response.status_code >= 500 or response.status_code == 429:
+                self._backoff(_retry_after_s(response))
                 log.warning("collector answered %d; %d batches queued", response.status_code, len(self.queue))
                 return False
             if response.status_code >= 400:
@@ -41,7 +67,15 @@ class Pusher:
                 self.rejected += 1
                 log.error("collector rejected batch seq=%s: %s", batch["seq"], response.text[:500])
             self.queue.popleft()
+            self.failures = 0
         return True
 
     def close(self) -> None:
         self.client.close()
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0

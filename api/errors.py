@@ -8,7 +8,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 from collector.ingest import BatchRejected
+
+RETRY_AFTER_S = 5
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -37,6 +41,14 @@ def install(app: FastAPI) -> None:
         head = "; ".join(f"{e['field']} = {e['value']!r}: {e['message']}" for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         return JSONResponse(status_code=422, content={"detail": f"invalid request: {head}{more}", "errors": errors})
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
+        # Restarting, unreachable or locked: nothing was stored, the agent keeps the batch and retries.
+        cause = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                            content={"detail": f"database unavailable, retry later: {cause}"})
 
     @app.exception_handler(BatchRejected)
     async def _rejected(_request: Request, exc: BatchRejected) -> JSONResponse:

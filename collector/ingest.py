@@ -17,7 +17,7 @@ from collector.network import write_network
 from collector.pieces import UNALLOCATED, job_key, split_by_hour
 from collector.schemas import BatchIn, IntervalIn
 
-FUTURE_TOLERANCE_S = 300.0
+FUTURE_TOLERANCE_S = 900.0  # agents' clocks may be off by minutes; not by a quarter of an hour
 RETRIES = 5
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 

@@ -81,12 +81,12 @@ class Server:
         self.url, self.process = url, process
 
 
-def start_server(db_url: str, config: Path | None, log: Path) -> Server:
-    port = free_port()
+def start_server(db_url: str, config: Path | None, log: Path, port: int | None = None) -> Server:
+    port = port or free_port()
     cmd = [sys.executable, "-m", "api.cli", "server", "--db", db_url, "--port", str(port), "--log-level", "warning"]
     if config is not None:
         cmd += ["--config", str(config)]
-    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -116,7 +116,7 @@ class CollectingPusher(Pusher):
         super().__init__("http://collector.invalid")
         self.sent: list[dict] = []
 
-    def flush(self) -> bool:
+    def flush(self, force: bool = False) -> bool:
         self.sent.extend(self.queue)
         self.queue.clear()
         return True
