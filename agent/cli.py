@@ -20,6 +20,8 @@ from agent.nvml import NvmlSource, NvmlUnavailable
 from agent.push import Pusher
 from agent.roce import RdmaPorts
 from agent.simnet import SimulatedPorts
+from agent.spool import Spool
+from agent.state import CounterState, host_boot_id
 from agent.simspec import SpecError, load_spec
 
 log = logging.getLogger("gpuledger.agent")
@@ -40,6 +42,8 @@ def agent_command(
     job_mapping_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
     sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
+    state_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
+    spool_max_mb: Annotated[float, typer.Option(help="Spool size at which its oldest batches are merged into coarser ones (nothing is dropped).")] = 256.0,
     simulate: Annotated[Optional[Path], typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
     sim_epoch: Annotated[Optional[float], typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -75,10 +79,17 @@ def agent_command(
         source = NvmlSource()
         ports = RdmaPorts(sysfs_root)
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
+    store, state = None, None
+    if state_dir is not None:
+        try:
+            store = Spool(state_dir / "spool", max_bytes=int(spool_max_mb * 1024**2))
+            state = CounterState(state_dir / "counters.json")
+        except OSError as exc:
+            _fail(f"--state-dir {str(state_dir)!r}: {exc}")
     try:
         agent = Agent(
-            source, Attributor(sources), Pusher(collector), labels, clock, interval, push_interval,
-            simulated=simulate is not None, ports=ports,
+            source, Attributor(sources), Pusher(collector, store=store), labels, clock, interval, push_interval,
+            simulated=simulate is not None, ports=ports, state=state, epoch=host_boot_id(proc_root),
         )
     except NvmlUnavailable as exc:
         _fail(str(exc))

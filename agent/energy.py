@@ -4,6 +4,9 @@
 2. ``power_integrated``: trapezoid over the two power readings (no counter, or it reset).
 3. ``power_instant``: the one power reading there is, times the elapsed time.
 4. ``none``: no reading at all; the time is counted, the energy is unknown (0 J).
+
+``counter_gap`` marks energy measured by the counter across a stretch the agent itself was
+down, attributed to the jobs that held the GPU both before and after it (else unallocated).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ COUNTER: Final = "counter"
 POWER_INTEGRATED: Final = "power_integrated"
 POWER_INSTANT: Final = "power_instant"
 NONE: Final = "none"
-METHODS: Final = (COUNTER, POWER_INTEGRATED, POWER_INSTANT, NONE)
+COUNTER_GAP: Final = "counter_gap"  # counter delta across the agent's own downtime, attribution inferred
+METHODS: Final = (COUNTER, POWER_INTEGRATED, POWER_INSTANT, NONE, COUNTER_GAP)
+MEASURED: Final = (COUNTER, COUNTER_GAP)
 
 
 @dataclass(frozen=True, slots=True)

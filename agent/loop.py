@@ -16,7 +16,9 @@ from agent.gpu import GpuSample, GpuSource
 from agent.intervals import IntervalCutter
 from agent.network import NetworkCutter, job_shares, node_step
 from agent.push import Pusher
+from agent.resume import gap_steps, saved_readings
 from agent.roce import PortReading
+from agent.state import CounterState, from_json, newest, to_json
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Agent:
         push_interval_s: float = 10.0,
         simulated: bool = False,
         ports: PortSource | None = None,
+        state: CounterState | None = None,
+        epoch: str | None = None,
     ) -> None:
         self.source, self.attributor, self.pusher = source, attributor, pusher
         self.labels, self.clock = labels, clock
@@ -60,11 +64,16 @@ class Agent:
         self.network = NetworkCutter()
         self._prev_ports: list[PortReading] | None = None
         self._prev_ports_s = 0.0
+        self.state, self.epoch = state, epoch
+        spooled = getattr(pusher.queue, "latest_counters", lambda: None)()
+        self._saved = newest(state.load() if state else {}, from_json(spooled or []))
 
     def tick(self) -> None:
         """Read every GPU and port once; account the step since the last read to the previous owners."""
         now_s = self.clock.now()
         samples = [s for s in self.source.sample(now_s) if not s.lost]
+        if self._saved:
+            self._resume(samples)
         for cur in samples:
             prev = self._prev.get(cur.index)
             if prev is not None and cur.time_s > prev.time_s:
@@ -77,6 +86,15 @@ class Agent:
         if self.ports is not None:
             self._tick_ports(now_s)
         self._owners = self.attributor.owners(samples)
+
+    def _resume(self, samples: list[GpuSample]) -> None:
+        """First readings after a restart: account the downtime from the saved counters."""
+        owners_now = self.attributor.owners(samples)
+        for cur in samples:
+            for start_s, owners, step in gap_steps(self._saved, self.gpus[cur.index], cur, owners_now.get(cur.index, ()), self.epoch):
+                self.cutter.add(cur.index, owners, start_s, step, None, None)
+                self._enqueue()  # one batch per piece: the collector takes intervals of an hour at most
+        self._saved = {}
 
     def _tick_ports(self, now_s: float) -> None:
         assert self.ports is not None
@@ -107,10 +125,17 @@ class Agent:
         self.seq += 1
         return batch
 
-    def push(self) -> bool:
+    def _enqueue(self) -> None:
+        """Cut a batch and hand it, with the counter readings it ends on, to the pusher."""
         batch = self.make_batch()
+        readings = saved_readings(self.gpus, self._prev, self._owners, self.epoch)
         if batch is not None:
-            self.pusher.submit(batch)
+            self.pusher.submit(batch, counters=to_json(readings))
+        if self.state is not None and readings:
+            self.state.save(readings)
+
+    def push(self) -> bool:
+        self._enqueue()
         return self.pusher.flush()
 
     def stop(self) -> None:
@@ -136,9 +161,7 @@ class Agent:
             if until_s is None:
                 self.tick()  # account the time up to the stop
         finally:
-            batch = self.make_batch()
-            if batch is not None:
-                self.pusher.submit(batch)
+            self._enqueue()
             if not self.pusher.flush(force=True):
                 log.error("%d batches could not be delivered before exit", len(self.pusher.queue))
             self.source.close()

@@ -11,13 +11,46 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
+
+
+class BatchStore(Protocol):
+    """Where batches wait: in memory, or in the disk spool (``agent.spool.Spool``)."""
+
+    def put(self, batch: dict[str, Any], counters: Any = None) -> None: ...
+    def peek(self) -> dict[str, Any] | None: ...
+    def mark_sent(self, batch: dict[str, Any]) -> None: ...
+    def ack(self, batch: dict[str, Any]) -> None: ...
+    def __len__(self) -> int: ...
+
+
+class MemoryQueue:
+    """Batches in memory only: lost if the agent dies (run with --state-dir to spool to disk)."""
+
+    def __init__(self) -> None:
+        self._batches: deque[dict[str, Any]] = deque()
+
+    def put(self, batch: dict[str, Any], counters: Any = None) -> None:
+        self._batches.append(batch)
+
+    def peek(self) -> dict[str, Any] | None:
+        return self._batches[0] if self._batches else None
+
+    def mark_sent(self, batch: dict[str, Any]) -> None:
+        pass
+
+    def ack(self, batch: dict[str, Any]) -> None:
+        if self._batches and self._batches[0] is batch:
+            self._batches.popleft()
+
+    def __len__(self) -> int:
+        return len(self._batches)
 
 
 class Pusher:
@@ -27,18 +60,20 @@ class Pusher:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        store: BatchStore | None = None,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/v1/ingest"
         self.client = client or httpx.Client(timeout=10.0)
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: BatchStore = store if store is not None else MemoryQueue()
         self.rejected = 0
         self.failures = 0  # consecutive, for the backoff
         self.failed_attempts = 0
         self._clock, self._rng = clock, rng or random.Random()
         self._retry_at = float("-inf")
 
-    def submit(self, batch: dict[str, Any]) -> None:
-        self.queue.append(batch)
+    def submit(self, batch: dict[str, Any], counters: Any = None) -> None:
+        """Keep the batch (and the counter readings it ends with) until the collector has it."""
+        self.queue.put(batch, counters)
 
     def _backoff(self, retry_after_s: float = 0.0) -> None:
         self.failures += 1
@@ -50,8 +85,8 @@ class Pusher:
         """Send queued batches in order; True when the queue is empty afterwards."""
         if not force and self._clock() < self._retry_at:
             return not self.queue
-        while self.queue:
-            batch = self.queue[0]
+        while (batch := self.queue.peek()) is not None:
+            self.queue.mark_sent(batch)  # before the POST: a batch maybe applied is never merged
             try:
                 response = self.client.post(self.url, json=batch)
             except httpx.HTTPError as exc:
@@ -66,7 +101,7 @@ class Pusher:
                 # A batch the collector will never accept: retrying it forever would block the rest.
                 self.rejected += 1
                 log.error("collector rejected batch seq=%s: %s", batch["seq"], response.text[:500])
-            self.queue.popleft()
+            self.queue.ack(batch)
             self.failures = 0
         return True
 

@@ -84,7 +84,8 @@ def run_demo(port: int, workdir: Path) -> int:
         for node in load_spec(str(spec_path)).nodes:
             children.append(subprocess.Popen(
                 [*cli, "agent", "--simulate", str(spec_path), "--node", node.name, "--collector", url,
-                 "--push-interval", "2", "--sim-epoch", epoch, "--log-level", "warning"],
+                 "--push-interval", "2", "--sim-epoch", epoch, "--log-level", "warning",
+                 "--state-dir", str(workdir / f"agent-{node.name}")],
                 stderr=subprocess.DEVNULL,
             ))
         print(f"\n{BANNER}\n")

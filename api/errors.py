@@ -29,6 +29,10 @@ def describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         value = error.get("input")
         if isinstance(value, (dict, list)):
             value = f"<{type(value).__name__}>"
+        elif isinstance(value, (bytes, bytearray)):
+            value = f"<{len(value)} bytes that are not a JSON document>"
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            value = str(value)
         message = error["msg"].removeprefix("Value error, ")
         described.append({"field": _field(tuple(error["loc"])), "value": value, "message": message})
     return described

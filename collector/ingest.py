@@ -10,7 +10,7 @@ from sqlalchemy import Engine, case, func
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from agent.energy import COUNTER
+from agent.energy import MEASURED
 from collector.db import insert_for
 from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour
 from collector.network import write_network
@@ -51,7 +51,7 @@ def rollup(batch: BatchIn) -> dict[tuple[str, int, str], list[float]]:
 
 
 def _values(interval: IntervalIn) -> list[float]:
-    counter_j = interval.energy_j if interval.energy_method == COUNTER else 0.0
+    counter_j = interval.energy_j if interval.energy_method in MEASURED else 0.0
     return [interval.gpu_seconds, interval.busy_gpu_seconds, interval.energy_j, counter_j]
 
 

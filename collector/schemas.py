@@ -22,7 +22,8 @@ MAX_POWER_W = 10_000.0  # no single GPU board draws 10 kW
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: no coercion (true is not 1.0, "5" is not 5); an agent sends JSON numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class IntervalIn(Strict):
@@ -102,4 +103,5 @@ class BatchIn(Strict):
     simulated: bool = False
     jobs: list[JobIn] = Field(default_factory=list, max_length=100_000)
     intervals: list[IntervalIn] = Field(max_length=200_000)
+    merged_intervals: int = Field(default=0, ge=0, description="Intervals merged into coarser ones by the agent's spool.")
     network: list[NetworkIn] = Field(default_factory=list, max_length=100_000)

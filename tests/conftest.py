@@ -117,6 +117,7 @@ class CollectingPusher(Pusher):
         self.sent: list[dict] = []
 
     def flush(self, force: bool = False) -> bool:
-        self.sent.extend(self.queue)
-        self.queue.clear()
+        while (batch := self.queue.peek()) is not None:
+            self.sent.append(batch)
+            self.queue.ack(batch)
         return True

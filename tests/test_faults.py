@@ -64,7 +64,7 @@ def deliver(batches: list[dict], url: str, deadline_s: float = 240.0) -> Pusher:
     stop = time.monotonic() + deadline_s
     while not pusher.flush() and time.monotonic() < stop:
         time.sleep(0.05)
-    assert not pusher.queue, f"{len(pusher.queue)} batches undelivered"
+    assert not len(pusher.queue), f"{len(pusher.queue)} batches undelivered"
     return pusher
 
 
@@ -185,7 +185,7 @@ def test_collector_unreachable_for_ten_minutes(db_url, tmp_path, epoch):
         servers[0].process.wait(timeout=15)
     truth_gpu_s, truth_j = ground_truth(SPEC, "1", RUN_S)
     report_row("collector unreachable 10 min", 1, report["energy_kwh"] * 3.6e6, truth_j)
-    assert pushers[0].failures == 0 and not pushers[0].queue  # all delivered at the end
+    assert pushers[0].failures == 0 and not len(pushers[0].queue)  # all delivered at the end
     assert report["gpu_hours"] == truth_gpu_s / 3600
     assert report["energy_kwh"] * 3.6e6 == pytest.approx(truth_j, rel=1e-3)  # one step across the counter reset is estimated
 
