@@ -21,6 +21,16 @@ MAX_INTERVAL_S = 3600.0  # agents cut at every push; an hour-long interval means
 MAX_POWER_W = 10_000.0  # no single GPU board draws 10 kW
 
 
+def checked_span(start_s: float, end_s: float) -> float:
+    """end_s - start_s, which must be between 0 and MAX_INTERVAL_S."""
+    span_s = end_s - start_s
+    if span_s < 0:
+        raise ValueError(f"end_s = {end_s} is before start_s = {start_s}")
+    if span_s > MAX_INTERVAL_S:
+        raise ValueError(f"end_s - start_s = {span_s} s: expected at most {MAX_INTERVAL_S:g} s")
+    return span_s
+
+
 class Strict(BaseModel):
     # strict: no coercion (true is not 1.0, "5" is not 5); an agent sends JSON numbers.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
@@ -41,11 +51,7 @@ class IntervalIn(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> IntervalIn:
-        span_s = self.end_s - self.start_s
-        if span_s < 0:
-            raise ValueError(f"end_s = {self.end_s} is before start_s = {self.start_s}")
-        if span_s > MAX_INTERVAL_S:
-            raise ValueError(f"end_s - start_s = {span_s} s: expected at most {MAX_INTERVAL_S:g} s")
+        span_s = checked_span(self.start_s, self.end_s)
         if self.gpu_seconds > span_s * (1 + 1e-9) + 1e-9:
             raise ValueError(f"gpu_seconds = {self.gpu_seconds}: expected at most end_s - start_s = {span_s}")
         if self.busy_gpu_seconds > self.gpu_seconds * (1 + 1e-9) + 1e-9:
@@ -75,11 +81,7 @@ class NetworkIn(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> NetworkIn:
-        span_s = self.end_s - self.start_s
-        if span_s < 0:
-            raise ValueError(f"end_s = {self.end_s} is before start_s = {self.start_s}")
-        if span_s > MAX_INTERVAL_S:
-            raise ValueError(f"end_s - start_s = {span_s} s: expected at most {MAX_INTERVAL_S:g} s")
+        checked_span(self.start_s, self.end_s)
         return self
 
 
