@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import httpx
 import typer
 
 from agent.attribution import Attributor, JobMappingDir, OwnerSource, ProcessOwners
@@ -32,8 +33,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _client(token: str | None) -> httpx.Client:
+    return httpx.Client(timeout=10.0, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
+    token: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
     node: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_NODE", help="Node name [default: hostname].")] = None,
     cluster: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped [default: 'default', or the spec's].")] = None,
     datacenter: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity [default: 'default', or the spec's].")] = None,
@@ -88,7 +94,7 @@ def agent_command(
             _fail(f"--state-dir {str(state_dir)!r}: {exc}")
     try:
         agent = Agent(
-            source, Attributor(sources), Pusher(collector, store=store), labels, clock, interval, push_interval,
+            source, Attributor(sources), Pusher(collector, client=_client(token), store=store), labels, clock, interval, push_interval,
             simulated=simulate is not None, ports=ports, state=state, epoch=host_boot_id(proc_root),
         )
     except NvmlUnavailable as exc:

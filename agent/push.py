@@ -1,6 +1,6 @@
 """Deliver batches to the collector, oldest first, until each is acknowledged.
 
-A failure (collector unreachable, 5xx, 429) is retried with exponential backoff and jitter,
+A failure (collector unreachable, 5xx, 429, or 401/403 until the node's token is fixed) is retried with exponential backoff and jitter,
 never sooner than the collector's Retry-After; the batches wait in the queue meanwhile.
 """
 
@@ -93,7 +93,8 @@ class Pusher:
                 self._backoff()
                 log.warning("collector %s unreachable (%s); %d batches queued", self.url, exc, len(self.queue))
                 return False
-            if response.status_code >= 500 or response.status_code == 429:
+            if response.status_code >= 500 or response.status_code in (401, 403, 429):
+                # Overloaded, down, or our token is not (yet) accepted: keep the batch, retry later.
                 self._backoff(_retry_after_s(response))
                 log.warning("collector answered %d; %d batches queued", response.status_code, len(self.queue))
                 return False

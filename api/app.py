@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
 
 from agent import __version__
 from api import errors
+from api.auth import AuthSettings, BodySizeLimit, require_reader
 from api.deps import EngineDep
 from api.intensity.feeds import refresh
 from api.rates import LedgerConfig
@@ -24,7 +25,7 @@ from collector.lifecycle import end_silent_jobs
 from collector.retention import prune
 
 
-def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> FastAPI:
+def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, auth: AuthSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sched = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
@@ -48,6 +49,8 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> 
     app = FastAPI(title="gpuledger", version=__version__, lifespan=lifespan,
                   description="Live GPU-hours, energy, dollars and CO2e per training job.")
     app.state.engine, app.state.config = engine, config
+    app.state.auth = auth or AuthSettings()
+    app.add_middleware(BodySizeLimit)
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
@@ -56,11 +59,11 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True) -> 
     registry = CollectorRegistry()
     registry.register(BudgetCollector(engine, config))
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(require_reader)])
     def healthz(engine: EngineDep) -> dict[str, str]:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

@@ -24,11 +24,15 @@ def server(
     host: Annotated[str, typer.Option(envvar="GPULEDGER_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="GPULEDGER_PORT")] = 8080,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ssl_certfile: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_SSL_CERTFILE", help="Serve HTTPS with this certificate (PEM) [uvicorn's --ssl-certfile].")] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM).")] = None,
+    require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
 
     from api.app import create_app
+    from api.auth import AuthSettings
     from api.rates import ConfigError, load_config
     from collector.db import make_engine
 
@@ -41,7 +45,14 @@ def server(
     except (ConfigError, SchemaOutdated, ValueError) as exc:
         typer.echo(f"gpuledger server: error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(create_app(engine, ledger_config), host=host, port=port, log_level=log_level)
+    if not require_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"gpuledger server: warning: listening on {host} without --require-auth: anyone who can reach it can ingest and set budgets", err=True)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        typer.echo("gpuledger server: error: --ssl-certfile and --ssl-keyfile go together", err=True)
+        raise typer.Exit(2)
+    tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
+    app_ = create_app(engine, ledger_config, auth=AuthSettings(required=require_auth))
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
 
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
@@ -76,6 +87,7 @@ def report(
     server: Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="Server base URL.")] = "http://127.0.0.1:8080",
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="table, json or csv [default: table]; with --convention: md or json [default: md].")] = None,  # noqa: A002
     convention: Annotated[Optional[str], typer.Option(help="measured or tdp: a model-card style footprint table.")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_TOKEN", help="A reader token, when the server requires one.")] = None,
 ) -> None:
     """Print one job's GPU-hours, energy, cost and CO2e, or its model-card footprint."""
     import json
@@ -90,10 +102,10 @@ def report(
         raise typer.Exit(2)
     try:
         if convention:
-            body = fetch(server, job, suffix=f"/footprint?convention={convention}")
+            body = fetch(server, job, token, suffix=f"/footprint?convention={convention}")
             typer.echo(body["markdown"] if format == "md" else json.dumps(body, indent=2))
         else:
-            typer.echo(render(fetch(server, job), format))
+            typer.echo(render(fetch(server, job, token), format))
     except ReportError as exc:
         typer.echo(f"gpuledger report: error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -137,6 +149,42 @@ def intensity_import(
     hours = store(engine, points, time.time())
     regions = sorted({p.region for p in points})
     typer.echo(f"{len(points)} points -> {hours} region-hours stored ({', '.join(regions)})")
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens for agents (node), readers and admins.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    node: Annotated[Optional[str], typer.Option(help="Node name: a token for that node's agent.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="reader or admin")] = None,
+    account: Annotated[Optional[str], typer.Option(help="Reader tokens only: see only this account's jobs.")] = None,
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Create a token (--node NAME, or --role reader|admin [--account A]) and print it, once."""
+    from api.auth import token_create_command
+
+    token_create_command(node=node, role=role, account=account, db=db)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (or the whole token).")],
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Revoke a token; servers stop accepting it within a minute."""
+    from api.auth import token_revoke_command
+
+    token_revoke_command(token_id=token_id, db=db)
+
+
+@token_app.command("list")
+def token_list(db: DbOption = "sqlite:///gpuledger.db") -> None:
+    """List tokens: ids, kinds, scopes; never secrets."""
+    from api.auth import token_list_command
+
+    token_list_command(db=db)
 
 
 def main() -> None:

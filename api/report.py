@@ -21,10 +21,11 @@ class ReportError(RuntimeError):
     pass
 
 
-def fetch(server: str, job_id: str, client: httpx.Client | None = None, suffix: str = "") -> dict[str, Any]:
+def fetch(server: str, job_id: str, token: str | None = None, suffix: str = "") -> dict[str, Any]:
     url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}{suffix}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with client or httpx.Client(timeout=10.0) as http:
+        with httpx.Client(timeout=10.0, headers=headers) as http:
             response = http.get(url)
     except httpx.HTTPError as exc:
         raise ReportError(f"cannot reach the server at {server} ({exc}); is `gpuledger server` running?") from exc

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from api import reads
+from api.auth import ReaderDep, can_see, scoped_account
 from api.deps import ConfigDep, EngineDep
 from api.network import network_report
 from api.reports import build_reports, now
@@ -17,6 +18,7 @@ router = APIRouter(tags=["jobs"])
 def list_jobs(
     engine: EngineDep,
     config: ConfigDep,
+    principal: ReaderDep,
     state: Literal["running", "ended"] | None = None,
     user: str | None = None,
     account: str | None = None,
@@ -24,16 +26,16 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
     """Jobs, newest first, with live totals."""
-    jobs, total = reads.list_jobs(engine, state=state, user=user, account=account, limit=limit, offset=offset)
+    jobs, total = reads.list_jobs(engine, state=state, user=user, account=scoped_account(principal, account), limit=limit, offset=offset)
     items = build_reports(engine, jobs, config)
     return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
 
 
 @router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
-def get_job(job_id: str, engine: EngineDep, config: ConfigDep) -> JobReport:
+def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
     """One job's report, with every rate applied so the arithmetic can be checked."""
     job = reads.get_job(engine, job_id)
-    if job is None:
+    if job is None or not can_see(principal, job):
         hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
         raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
     (report,) = build_reports(engine, [job], config)

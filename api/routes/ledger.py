@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from api import reads
 from api.conventions import CONVENTIONS, FootprintInput, footprint, model_card_markdown
+from api.auth import AdminDep, NodeOrAdminDep, Principal, ReaderDep, authorize_progress, can_see
 from api.deps import ConfigDep, EngineDep
 from api.rates import LedgerConfig
 from api.reports import build_reports
@@ -20,9 +21,9 @@ router = APIRouter(tags=["jobs"])
 jobs_t = Job.__table__
 
 
-def _job(engine: Any, job_id: str) -> dict[str, Any]:
+def _job(engine: Any, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
     job = reads.get_job(engine, job_id)
-    if job is None:
+    if job is None or (principal is not None and not can_see(principal, job)):
         raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found")
     return job
 
@@ -34,7 +35,7 @@ def _set(engine: Any, job_id: str, values: dict[str, Any]) -> None:
 
 
 @router.post("/v1/jobs/{job_id:path}/progress")
-def report_progress(job_id: str, body: ProgressIn, engine: EngineDep) -> dict[str, str]:
+def report_progress(job_id: str, body: ProgressIn, engine: EngineDep, principal: NodeOrAdminDep) -> dict[str, str]:
     """A training loop reports its steps (and/or expected end); the forecast extrapolates from it."""
     values: dict[str, Any] = {}
     if body.steps_done is not None:
@@ -45,12 +46,13 @@ def report_progress(job_id: str, body: ProgressIn, engine: EngineDep) -> dict[st
         values["expected_end_s"] = body.expected_end_at.timestamp()
     if not values:
         raise HTTPException(status_code=422, detail="progress: give steps_done, total_steps or expected_end_at")
+    authorize_progress(engine, principal, job_id)
     _set(engine, job_id, values)
     return {"status": "ok"}
 
 
 @router.put("/v1/jobs/{job_id:path}/budget")
-def set_budget(job_id: str, body: BudgetIn, engine: EngineDep) -> dict[str, str]:
+def set_budget(job_id: str, body: BudgetIn, engine: EngineDep, principal: AdminDep) -> dict[str, str]:
     """Set (or clear, with null) a job's budget in USD and/or kg CO2e."""
     _set(engine, job_id, {"budget_usd": body.usd, "budget_co2e_kg": body.co2e_kg})
     return {"status": "ok"}
@@ -82,10 +84,10 @@ def footprint_rows(report: dict[str, Any], config: LedgerConfig, convention: str
 
 @router.get("/v1/jobs/{job_id:path}/footprint")
 def get_footprint(
-    job_id: str, engine: EngineDep, config: ConfigDep, convention: Literal[CONVENTIONS] = "measured",  # type: ignore[valid-type]
+    job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep, convention: Literal[CONVENTIONS] = "measured",  # type: ignore[valid-type]
 ) -> dict[str, Any]:
     """The job's footprint as a model card states it: measured energy, or GPU-hours × TDP."""
-    (report,) = build_reports(engine, [_job(engine, job_id)], config)
+    (report,) = build_reports(engine, [_job(engine, job_id, principal)], config)
     rows = footprint_rows(report, config, convention)
     return {
         "job_id": job_id, "convention": convention, "rows": [_fields(row) for row in rows],
@@ -99,12 +101,12 @@ def _fields(row: Any) -> dict[str, Any]:
 
 @router.get("/v1/jobs/{job_id:path}/whatif")
 def what_if(
-    job_id: str, engine: EngineDep, config: ConfigDep,
+    job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     region: Annotated[str | None, Query(description="Grid region to price the energy in.")] = None,
     pue: Annotated[float | None, Query(ge=1.0, le=5.0, description="PUE to apply instead.")] = None,
 ) -> dict[str, Any]:
     """The same measured energy priced in another region and/or at another PUE."""
-    job = _job(engine, job_id)
+    job = _job(engine, job_id, principal)
     names = {row.datacenter for row in reads.usage(engine, [job_id]).get(job_id, [])}
     moved = {}
     for name in names:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime
 
 from api import reads
+from api.auth import UnscopedReaderDep
 from api.deps import ConfigDep, EngineDep
 from api.pricing import TOTALS, price
 from api.reports import intensity_for
@@ -22,6 +23,7 @@ router = APIRouter(tags=["usage"])
 def usage(
     engine: EngineDep,
     config: ConfigDep,
+    principal: UnscopedReaderDep,
     group_by: Literal["account", "user", "cluster", "job_id"] = "account",
     start: Annotated[AwareDatetime | None, Query(alias="from", description="Start (ISO 8601); default: 30 days ago.")] = None,
     end: Annotated[AwareDatetime | None, Query(alias="to", description="End, exclusive; default: now.")] = None,

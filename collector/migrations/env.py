@@ -3,7 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-from collector import models  # noqa: F401 - registers the tables
+from collector import models, tokens  # noqa: F401 - registers the tables
 
 connection = context.config.attributes["connection"]
 context.configure(
