@@ -26,6 +26,7 @@ def server(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ssl_certfile: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_SSL_CERTFILE", help="Serve HTTPS with this certificate (PEM) [uvicorn's --ssl-certfile].")] = None,
     ssl_keyfile: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM).")] = None,
+    open_paths: Annotated[str, typer.Option(envvar="GPULEDGER_OPEN_PATHS", help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
     require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
 ) -> None:
     """Run the collector and the API."""
@@ -51,7 +52,8 @@ def server(
         typer.echo("gpuledger server: error: --ssl-certfile and --ssl-keyfile go together", err=True)
         raise typer.Exit(2)
     tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
-    app_ = create_app(engine, ledger_config, auth=AuthSettings(required=require_auth))
+    auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
+    app_ = create_app(engine, ledger_config, auth=auth)
     uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
 
 

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from api.intensity.static import ANNUAL_G_PER_KWH_2023
+
 PositiveRate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Pue = Annotated[float, Field(ge=1.0, le=5.0, allow_inf_nan=False)]
 DEFAULT_PRICES = {"default": 4.0, "A100": 4.0, "H100": 6.0, "H200": 7.0, "B200": 9.0}
@@ -163,9 +165,12 @@ class LedgerConfig(Section):
         return self.datacenters.get(name) or self.datacenters.get("default") or Datacenter()
 
     def intensity(self, region: str) -> float:
-        """The static (annual) intensity of a region: the fallback for hours without a series."""
+        """The static (annual) intensity of a region, the fallback for hours without a series:
+        the configured figure, else the country's 2023 annual average, else the default."""
         table = self.intensity_g_per_kwh
-        return table.get(region, table.get("default", DEFAULT_INTENSITY_G_PER_KWH))
+        if region in table:
+            return table[region]
+        return ANNUAL_G_PER_KWH_2023.get(region, table.get("default", DEFAULT_INTENSITY_G_PER_KWH))
 
 
 def best_key(table: dict[str, object], gpu_model: str) -> str | None:

@@ -6,6 +6,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from agent.attribution import Attributor
 from agent.clock import ManualClock
@@ -51,6 +52,18 @@ def test_node_tokens_reader_tokens_and_refusals(db_url, tmp_path):
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # open by default
         assert httpx.put(f"{server.url}/v1/jobs/f/1/budget", json={"usd": 1},
                          headers={"Authorization": f"Bearer {tokens['reader']}"}).status_code == 403
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=15)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_open_paths_are_configurable(db_url, tmp_path):
+    server = start_server(db_url, None, tmp_path / "server.log", None, "--require-auth", "--open-paths", "/healthz")
+    try:
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        closed = httpx.get(f"{server.url}/metrics")
+        assert closed.status_code == 401 and closed.headers["WWW-Authenticate"].startswith("Bearer")
     finally:
         server.process.terminate()
         server.process.wait(timeout=15)

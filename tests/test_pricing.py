@@ -96,3 +96,12 @@ def test_forecast_from_steps_from_declared_end_and_from_the_observed_rate():
     assert open_ended["budget_exhausted_at"] == datetime.fromtimestamp(7200 + 3 * 3600, UTC)
     over = budget_status(job(budget_co2e_kg=3.0), priced, 7200.0)
     assert over["over_budget"] and over["spend_usd_per_hour"] == 10.0
+
+
+def test_static_country_intensity_is_the_fallback_after_the_configured_figure():
+    cfg = config(datacenters={"paris": {"region": "FR", "pue": 1.0}, "x": {"region": "nowhere", "pue": 1.0}},
+                 intensity_g_per_kwh={"default": 475.0})
+    assert cfg.intensity("FR") == 56.0 and cfg.intensity("nowhere") == 475.0
+    priced = price([row(H0, dc="paris")], cfg, "c")  # 1 kWh in France, 2023 annual average
+    assert priced["co2e_kg"] == pytest.approx(0.056)
+    assert config(intensity_g_per_kwh={"FR": 30.0}).intensity("FR") == 30.0  # configured wins

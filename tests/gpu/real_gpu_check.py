@@ -42,6 +42,7 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--kill-agent-after", type=float, default=0.0, help="SIGKILL the agent this many seconds into the job, restart it 5 s later.")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpuledger-gpu-check")))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -59,14 +60,24 @@ def main() -> None:
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     gpu_uuid = pynvml.nvmlDeviceGetUUID(handle)
     before_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-    agent = subprocess.Popen([*cli, "agent", "--collector", url, "--cluster", "gpu", "--node", "gpu-node",
-                              "--push-interval", "5"], stdout=(args.out / "agent.log").open("w"), stderr=subprocess.STDOUT)
+    agent_cmd = [*cli, "agent", "--collector", url, "--cluster", "gpu", "--node", "gpu-node", "--push-interval", "5",
+                 "--state-dir", "/tmp/gpuledger-agent-state"]
+    agent_log = (args.out / "agent.log").open("a")
+    agent = subprocess.Popen(agent_cmd, stdout=agent_log, stderr=subprocess.STDOUT)
+    time.sleep(4)
+    env = {**os.environ, "GPULEDGER_JOB_ID": "matmul-1", "GPULEDGER_JOB_NAME": "bf16-matmul", "GPULEDGER_JOB_ACCOUNT": "bench"}
+    job_proc = subprocess.Popen([sys.executable, str(REPO / "tests/gpu/matmul_job.py"), "--seconds", str(args.seconds)],
+                                env=env, stdout=subprocess.PIPE, text=True)
+    if args.kill_agent_after > 0:  # the agent dies mid-job and comes back: the counters must bridge the gap
+        time.sleep(args.kill_agent_after)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        time.sleep(5)
+        agent = subprocess.Popen(agent_cmd, stdout=agent_log, stderr=subprocess.STDOUT)
     agent_started = time.monotonic()
     time.sleep(4)
     steady_from = (cpu_seconds(agent.pid), time.monotonic())
-    env = {**os.environ, "GPULEDGER_JOB_ID": "matmul-1", "GPULEDGER_JOB_NAME": "bf16-matmul", "GPULEDGER_JOB_ACCOUNT": "bench"}
-    job = json.loads(subprocess.run([sys.executable, str(REPO / "tests/gpu/matmul_job.py"), "--seconds", str(args.seconds)],
-                                    env=env, capture_output=True, text=True, check=True).stdout)
+    job = json.loads(job_proc.communicate(timeout=args.seconds + 120)[0])
     time.sleep(4)
     agent_cpu_s, agent_rss_mb, agent_wall_s = cpu_seconds(agent.pid), peak_rss_mb(agent.pid), time.monotonic() - agent_started
     agent.send_signal(signal.SIGTERM)
@@ -94,6 +105,8 @@ def main() -> None:
     print(f"  job report: user={report['user']} name={report['name']} account={report['account']} "
           f"cost_usd={report['cost_usd']:.4f} co2e_kg={report['co2e_kg']:.5f}")
     steady_pct = 100 * (agent_cpu_s - steady_from[0]) / (agent_started + agent_wall_s - steady_from[1])
+    if args.kill_agent_after > 0:
+        print(f"agent SIGKILLed {args.kill_agent_after:g} s into the job and restarted 5 s later (CPU below: the restarted agent)")
     print(f"agent: {agent_cpu_s:.2f} CPU-s over {agent_wall_s:.1f} s wall = {100 * agent_cpu_s / agent_wall_s:.2f} % "
           f"of one core with start-up, {steady_pct:.2f} % after it; peak RSS {agent_rss_mb:.1f} MB")
 
