@@ -23,11 +23,13 @@ from api.metrics import BudgetCollector
 from api.routes import ingest, jobs, ledger, usage
 from collector.lifecycle import end_silent_jobs
 from collector.retention import prune
+from collector.writer import GroupWriter
 
 
 def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, auth: AuthSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.writer.start()
         sched = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
         if scheduler:
             sched.add_job(
@@ -45,11 +47,13 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
         yield
         if sched.running:
             sched.shutdown(wait=False)
+        app.state.writer.close()
 
     app = FastAPI(title="gpuledger", version=__version__, lifespan=lifespan,
                   description="Live GPU-hours, energy, dollars and CO2e per training job.")
     app.state.engine, app.state.config = engine, config
     app.state.auth = auth or AuthSettings()
+    app.state.writer = GroupWriter(engine)
     app.add_middleware(BodySizeLimit)
     errors.install(app)
     app.include_router(ingest.router)

@@ -38,15 +38,23 @@ class IngestResult:
     intervals: int
 
 
-def rollup(batch: BatchIn) -> dict[tuple[str, int, str], list[float]]:
-    """Sum the batch per (job, hour, GPU model): [gpu_seconds, busy, energy_j, energy_counter_j]."""
-    sums: dict[tuple[str, int, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-    for interval in batch.intervals:
-        job = job_key(batch.cluster, interval.job)
-        for hour, share in split_by_hour(interval.start_s, interval.end_s, _values(interval)):
-            row = sums[(job, hour, interval.gpu_model)]
-            for i in range(4):
-                row[i] += share[i]
+Identity = tuple[str, str, int]  # (node, boot_id, seq)
+
+
+def identity(batch: BatchIn) -> Identity:
+    return (batch.node, batch.boot_id, batch.seq)
+
+
+def rollup(batches: list[BatchIn]) -> dict[tuple[str, int, str, str], list[float]]:
+    """Sum per (job, hour, datacenter, GPU model): [gpu_seconds, busy, energy_j, energy_counter_j]."""
+    sums: dict[tuple[str, int, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for batch in batches:
+        for interval in batch.intervals:
+            job = job_key(batch.cluster, interval.job)
+            for hour, share in split_by_hour(interval.start_s, interval.end_s, _values(interval)):
+                row = sums[(job, hour, batch.datacenter, interval.gpu_model)]
+                for i in range(4):
+                    row[i] += share[i]
     return sums
 
 
@@ -55,52 +63,66 @@ def _values(interval: IntervalIn) -> list[float]:
     return [interval.gpu_seconds, interval.busy_gpu_seconds, interval.energy_j, counter_j]
 
 
-def apply_batch(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
+def check(batch: BatchIn, now_s: float) -> None:
+    """What validates only against the collector's clock; raises BatchRejected."""
     latest_s = max((i.end_s for i in batch.intervals), default=0.0)
     if latest_s > now_s + FUTURE_TOLERANCE_S:
         raise BatchRejected(f"intervals end_s = {latest_s} is {latest_s - now_s:.0f} s in the future (clock skew?)")
+
+
+def apply_batch(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
+    check(batch, now_s)
+    return apply_batches(engine, [batch], now_s)[0]
+
+
+def apply_batches(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestResult]:
+    """Apply checked batches in one transaction (group commit), each exactly once."""
     for attempt in range(RETRIES):
         try:
-            return _apply(engine, batch, now_s)
+            return _apply(engine, batches, now_s)
         except OperationalError as exc:  # another collector's transaction won a lock race
             if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _apply(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
+def _apply(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestResult]:
+    unique = list({identity(b): b for b in reversed(batches)}.values())[::-1]  # first of each identity
     with engine.begin() as conn:
-        claimed = conn.execute(
-            insert_for(conn, batches_t).on_conflict_do_nothing().returning(batches_t.c.seq),
-            {"node": batch.node, "boot_id": batch.boot_id, "seq": batch.seq,
-             "received_at_s": now_s, "interval_count": len(batch.intervals)},
-        ).first()
-        if claimed is None:
-            return IngestResult(applied=False, intervals=len(batch.intervals))
-        if batch.intervals:
-            _write_intervals(conn, batch)
-            _write_rollups(conn, batch)
-            _write_jobs(conn, batch, now_s)
-        if batch.network:
-            write_network(conn, batch)
-    return IngestResult(applied=True, intervals=len(batch.intervals))
+        claimed = {
+            (node, boot_id, seq) for node, boot_id, seq in conn.execute(
+                insert_for(conn, batches_t).on_conflict_do_nothing().returning(
+                    batches_t.c.node, batches_t.c.boot_id, batches_t.c.seq, sort_by_parameter_order=True),
+                [{"node": b.node, "boot_id": b.boot_id, "seq": b.seq, "received_at_s": now_s,
+                  "interval_count": len(b.intervals)} for b in unique],
+            )
+        }
+        fresh = [b for b in unique if identity(b) in claimed]
+        if any(b.intervals for b in fresh):
+            _write_intervals(conn, fresh)
+            _write_rollups(conn, fresh)
+            _write_jobs(conn, fresh)
+        if any(b.network for b in fresh):
+            write_network(conn, fresh)
+    applied = {id(b) for b in fresh}
+    return [IngestResult(applied=id(b) in applied, intervals=len(b.intervals)) for b in batches]
 
 
-def _write_intervals(conn: Connection, batch: BatchIn) -> None:
+def _write_intervals(conn: Connection, batches: list[BatchIn]) -> None:
     conn.execute(
         intervals_t.insert(),
         [
-            {"node": batch.node, "seq": batch.seq, "datacenter": batch.datacenter,
-             "gpu_uuid": i.gpu_uuid, "gpu_model": i.gpu_model, "job_id": job_key(batch.cluster, i.job),
+            {"node": b.node, "seq": b.seq, "datacenter": b.datacenter,
+             "gpu_uuid": i.gpu_uuid, "gpu_model": i.gpu_model, "job_id": job_key(b.cluster, i.job),
              "start_s": i.start_s, "end_s": i.end_s, "gpu_seconds": i.gpu_seconds,
              "busy_gpu_seconds": i.busy_gpu_seconds, "energy_j": i.energy_j,
              "energy_method": i.energy_method, "max_memory_used_bytes": i.max_memory_used_bytes}
-            for i in batch.intervals
+            for b in batches for i in b.intervals
         ],
     )
 
 
-def _write_rollups(conn: Connection, batch: BatchIn) -> None:
+def _write_rollups(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = insert_for(conn, hours_t)
     added = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
     stmt = stmt.on_conflict_do_update(
@@ -108,29 +130,36 @@ def _write_rollups(conn: Connection, batch: BatchIn) -> None:
         set_={name: hours_t.c[name] + stmt.excluded[name] for name in added},
     )
     rows = [
-        {"job_id": job, "hour_s": hour, "datacenter": batch.datacenter, "gpu_model": model,
-         **dict(zip(added, values))}
-        for (job, hour, model), values in sorted(rollup(batch).items())
+        {"job_id": job, "hour_s": hour, "datacenter": dc, "gpu_model": model, **dict(zip(added, values))}
+        for (job, hour, dc, model), values in sorted(rollup(batches).items())
     ]
     conn.execute(stmt, rows)
 
 
-def _write_jobs(conn: Connection, batch: BatchIn, now_s: float) -> None:
-    meta = {j.id: j for j in batch.jobs}
-    spans: dict[str | None, tuple[float, float]] = {}
-    for i in batch.intervals:
-        first, last = spans.get(i.job, (i.start_s, i.end_s))
-        spans[i.job] = (min(first, i.start_s), max(last, i.end_s))
-    rows = []
-    for job, (first_s, last_s) in sorted(spans.items(), key=lambda kv: kv[0] or ""):
-        info = meta.get(job) if job else None
-        rows.append({
-            "job_id": job_key(batch.cluster, job), "cluster": batch.cluster, "local_id": job or UNALLOCATED,
-            "name": info.name if info else (UNALLOCATED if job is None else None),
-            "user": info.user if info else None, "account": info.account if info else None,
-            "budget_usd": info.budget_usd if info else None, "budget_co2e_kg": info.budget_co2e_kg if info else None,
-            "state": RUNNING, "first_seen_s": first_s, "last_seen_s": last_s, "ended_s": None,
-        })
+def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
+    """One row per job of the batches: its span, and the fullest metadata any batch carried."""
+    rows: dict[str, dict[str, object]] = {}
+    for batch in batches:
+        meta = {j.id: j for j in batch.jobs}
+        for i in batch.intervals:
+            key = job_key(batch.cluster, i.job)
+            row = rows.get(key)
+            if row is None:
+                info = meta.get(i.job) if i.job else None
+                row = rows[key] = {
+                    "job_id": key, "cluster": batch.cluster, "local_id": i.job or UNALLOCATED,
+                    "name": info.name if info else (UNALLOCATED if i.job is None else None),
+                    "user": info.user if info else None, "account": info.account if info else None,
+                    "budget_usd": info.budget_usd if info else None,
+                    "budget_co2e_kg": info.budget_co2e_kg if info else None,
+                    "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
+                }
+            row["first_seen_s"] = min(row["first_seen_s"], i.start_s)  # type: ignore[type-var]
+            row["last_seen_s"] = max(row["last_seen_s"], i.end_s)  # type: ignore[type-var]
+    return [rows[key] for key in sorted(rows)]
+
+
+def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = insert_for(conn, jobs_t)
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
@@ -149,9 +178,9 @@ def _write_jobs(conn: Connection, batch: BatchIn, now_s: float) -> None:
             "ended_s": case((new.last_seen_s > jobs_t.c.last_seen_s, None), else_=jobs_t.c.ended_s),
         },
     )
-    conn.execute(stmt, rows)
-    gpus = {(job_key(batch.cluster, i.job), i.gpu_uuid) for i in batch.intervals}
+    conn.execute(stmt, _job_rows(batches))
+    gpus = {(job_key(b.cluster, i.job), b.node, i.gpu_uuid) for b in batches for i in b.intervals}
     conn.execute(
         insert_for(conn, job_gpus_t).on_conflict_do_nothing(),
-        [{"job_id": job, "node": batch.node, "gpu_uuid": uuid} for job, uuid in sorted(gpus)],
+        [{"job_id": job, "node": node, "gpu_uuid": uuid} for job, node, uuid in sorted(gpus)],
     )

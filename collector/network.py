@@ -17,14 +17,14 @@ SUMMED = ("seconds", "apportioned_bytes", "link_down_port_seconds")
 PEAKS = ("peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
 
 
-def _network_rows(batch: BatchIn) -> list[dict[str, Any]]:
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for interval in batch.network:
+def _network_rows(batches: list[BatchIn]) -> list[dict[str, Any]]:
+    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for batch, interval in ((b, n) for b in batches for n in b.network):
         names = SUMMED + tuple(n for n in NETWORK_COUNTER_NAMES if n in interval.counters)
         values = [float(getattr(interval, n)) if n in SUMMED else interval.counters[n] for n in names]
         job = job_key(batch.cluster, interval.job)
         for hour, share in split_by_hour(interval.start_s, interval.end_s, values):
-            row = rows.setdefault((job, hour), _empty_row(job, hour, batch.node))
+            row = rows.setdefault((job, hour, batch.node), _empty_row(job, hour, batch.node))
             row["ports"] = max(row["ports"], interval.ports)
             for name, value in zip(names, share):
                 row[name] = (row[name] or 0.0) + value
@@ -52,10 +52,10 @@ def _max(old: ColumnElement, new: ColumnElement) -> ColumnElement:
     return case((old.is_(None), new), (new.is_(None), old), (new > old, new), else_=old)
 
 
-def write_network(conn: Connection, batch: BatchIn) -> None:
+def write_network(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = insert_for(conn, net_hours_t)
     new, old = stmt.excluded, net_hours_t.c
     updates = {name: _add(old[name], new[name]) for name in SUMMED + NETWORK_COUNTER_NAMES}
     updates.update({name: _max(old[name], new[name]) for name in (*PEAKS, "ports")})
     stmt = stmt.on_conflict_do_update(index_elements=["job_id", "hour_s", "node"], set_=updates)
-    conn.execute(stmt, _network_rows(batch))
+    conn.execute(stmt, _network_rows(batches))

@@ -1,5 +1,5 @@
-"""Carbon-intensity clients against a local server replaying the documented response shapes
-(/work/shared/FIELD-NOTES.md, "Grid carbon intensity sources"), and the CSV importer."""
+"""Carbon-intensity clients against a local server replaying the providers' documented
+response shapes, and the CSV importer."""
 
 from __future__ import annotations
 

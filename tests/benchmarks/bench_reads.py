@@ -124,6 +124,10 @@ def _measure(section: Section, server: Server, backend: str, label: str, job_id:
                     f"<= {TARGET_P50_MS:g} ms", verdict_max(res["p50_ms"], TARGET_P50_MS))
         section.add(f"GET job {backend}, {label}, {who}, p99", f"{res['p99_ms']:.1f} ms",
                     f"<= {TARGET_P99_MS:g} ms", verdict_max(res["p99_ms"], TARGET_P99_MS))
+    if res["errors"]:
+        alive = "running" if server.process.poll() is None else f"exited {server.process.returncode}"
+        section.note(f"{backend} {label} {who}: {res['errors']} failed requests, first: {res['first_error']}; server "
+                     f"{alive}; its log ends: {server.log_path.read_text()[-300:]!r}")
     section.note(f"{backend} {label} {who}: {res['requests']:,} requests in {res['wall_s']:.1f} s = {res['rps']:,.0f}/s, "
                  f"mean {res['mean_ms']:.1f} ms, server CPU {res['cpu_ms_per_req']:.2f} ms/request, {res['errors']} errors")
     return res

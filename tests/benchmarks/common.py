@@ -185,33 +185,58 @@ def postgres_cpu_delta(before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all processes of this machine have used since boot (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
 class ForeignLoad:
-    """CPU used on this machine by processes that are neither this suite (itself and the
-    children it waited for) nor PostgreSQL: other people's work that disturbs the figures."""
+    """CPU used on this machine by processes that are neither this suite (this process and
+    its descendants) nor PostgreSQL nor kernel threads: other people's work that disturbs
+    the figures. A thread scans /proc every second, so a process that exits in between loses
+    at most its last second."""
 
-    def __init__(self) -> None:
-        self.start = self._sample()
+    def __init__(self, interval_s: float = 1.0) -> None:
+        import threading
 
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float]:
-        t = os.times()
-        pg = sum(postgres_cpu_s().values())
-        return time.monotonic(), machine_busy_s(), t.user + t.system + t.children_user + t.children_system, pg
+        self.me = os.getpid()
+        self.base: dict[int, float] = {}
+        self.last: dict[int, tuple[float, bool]] = {}  # pid -> (CPU s, foreign?)
+        self.started = time.monotonic()
+        self._scan(initial=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._scan()
+
+    def _scan(self, initial: bool = False) -> None:
+        procs: dict[int, tuple[str, int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    head, _, tail = f.read().rpartition(")")
+            except OSError:
+                continue
+            fields = tail.split()
+            procs[int(entry)] = (head.partition("(")[2], int(fields[1]),
+                                 (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        for pid, (comm, ppid, cpu) in procs.items():
+            ours, parent, hops = pid == self.me, ppid, 0
+            while not ours and parent > 1 and hops < 64:
+                ours, parent, hops = parent == self.me, procs.get(parent, ("", 0, 0.0))[1], hops + 1
+            kernel = pid == 2 or ppid == 2
+            foreign = not (ours or kernel or comm == "postgres")
+            if initial:
+                self.base[pid] = cpu
+            self.last[pid] = (cpu, foreign)
 
     def cores(self) -> float:
-        """Average cores used by foreign processes since construction."""
-        wall0, busy0, ours0, pg0 = self.start
-        wall1, busy1, ours1, pg1 = self._sample()
-        foreign = (busy1 - busy0) - (ours1 - ours0) - max(pg1 - pg0, 0.0)
-        return max(foreign, 0.0) / max(wall1 - wall0, 1e-9)
+        """Average cores used by foreign processes since construction; stops the scanning."""
+        self._stop.set()
+        self._thread.join()
+        self._scan()
+        foreign = sum(cpu - self.base.get(pid, 0.0) for pid, (cpu, is_foreign) in self.last.items() if is_foreign)
+        return max(foreign, 0.0) / max(time.monotonic() - self.started, 1e-9)
 
 
 def free_port() -> int:
@@ -224,6 +249,19 @@ class Server:
     """``gpuledger server`` in a subprocess."""
 
     def __init__(self, db_url: str, log_path: Path) -> None:
+        try:
+            self._start(db_url, log_path)
+        except RuntimeError as exc:
+            if "gpuledger db upgrade" not in str(exc):
+                raise
+            # The code changed under the suite (a new migration since the database was made):
+            # upgrade the way production would, then start again.
+            subprocess.run([PYTHON, "-m", "api.cli", "db", "upgrade", "--db", db_url], cwd=REPO, check=True,
+                           capture_output=True)
+            log(f"server: schema upgraded to the code's revision ({db_url.rsplit('/', 1)[-1]})")
+            self._start(db_url, log_path)
+
+    def _start(self, db_url: str, log_path: Path) -> None:
         import httpx
 
         self.port = free_port()

@@ -81,49 +81,69 @@ def ingest(args: argparse.Namespace) -> dict:
             "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3}
 
 
-def get_sequential(url: str, seconds: float) -> tuple[list[float], int, float]:
-    latencies, errors = [], 0
+class Errors:
+    """Failed requests (a status other than 200, or a transport error): counted, first kept."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, None
+
+    def add(self, what: str) -> None:
+        self.count += 1
+        self.first = self.first or what
+
+
+def get_sequential(url: str, seconds: float, errors: Errors) -> tuple[list[float], float]:
+    latencies = []
     with httpx.Client(timeout=60.0) as client:
         for _ in range(20):  # warm-up: connection, caches
             client.get(url)
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             t = time.perf_counter()
-            response = client.get(url)
+            try:
+                response = client.get(url)
+            except httpx.HTTPError as exc:
+                errors.add(repr(exc))
+                continue
             latencies.append(time.perf_counter() - t)
-            errors += response.status_code != 200
-        return latencies, errors, time.perf_counter() - start
+            if response.status_code != 200:
+                errors.add(f"{response.status_code} {response.text[:200]}")
+        return latencies, time.perf_counter() - start
 
 
-async def get_concurrent(url: str, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
+async def get_concurrent(url: str, concurrency: int, seconds: float, errors: Errors) -> tuple[list[float], float]:
     latencies: list[float] = []
-    errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
-        await asyncio.gather(*(client.get(url) for _ in range(concurrency)))  # open the connections
+        await asyncio.gather(*(client.get(url) for _ in range(concurrency)), return_exceptions=True)  # connect
         start = time.perf_counter()
         deadline = start + seconds
 
         async def user() -> None:
-            nonlocal errors
             while time.perf_counter() < deadline:
                 t = time.perf_counter()
-                response = await client.get(url)
+                try:
+                    response = await client.get(url)
+                except httpx.HTTPError as exc:  # e.g. a keep-alive connection the server closed
+                    errors.add(repr(exc))
+                    continue
                 latencies.append(time.perf_counter() - t)
-                errors += response.status_code != 200
+                if response.status_code != 200:
+                    errors.add(f"{response.status_code} {response.text[:200]}")
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
-        return latencies, errors, time.perf_counter() - start
+        return latencies, time.perf_counter() - start
 
 
 def get(args: argparse.Namespace) -> dict:
     url = args.url.rstrip("/") + args.path
+    errors = Errors()
     if args.concurrency == 1:
-        latencies, errors, wall = get_sequential(url, args.seconds)
+        latencies, wall = get_sequential(url, args.seconds, errors)
     else:
-        latencies, errors, wall = asyncio.run(get_concurrent(url, args.concurrency, args.seconds))
+        latencies, wall = asyncio.run(get_concurrent(url, args.concurrency, args.seconds, errors))
     latencies.sort()
-    return {"requests": len(latencies), "errors": errors, "wall_s": wall,
+    return {"requests": len(latencies), "errors": errors.count, "first_error": errors.first, "wall_s": wall,
             "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3,
             "mean_ms": sum(latencies) / max(len(latencies), 1) * 1e3}
 

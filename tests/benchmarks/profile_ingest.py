@@ -7,8 +7,8 @@ the venv (``.venv/bin/pip install pyinstrument py-spy``; py-spy must be allowed 
         pyinstrument around apply_batch with pre-validated batches (in this process)
     python tests/benchmarks/profile_ingest.py http [--backend ...] [--size 8|512]
         py-spy on the ``gpuledger server`` process while loadgen POSTs /v1/ingest
-    python tests/benchmarks/profile_ingest.py get  [--backend ...]
-        py-spy on the server while loadgen GETs a job report (1 client)
+    python tests/benchmarks/profile_ingest.py get  [--backend ...] [--job long|short]
+        py-spy on the server while loadgen GETs a job report (1 client; bench_reads' data)
 
 The py-spy summaries (--gil: samples of the thread holding the GIL, i.e. Python CPU; native
 code that releases the GIL, SQLite or libpq waits, is left out): share of samples by the package of the
@@ -114,14 +114,19 @@ def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def profile_http(backend: str, size: int, get: bool) -> None:
+def profile_http(backend: str, size: int, get: str | None) -> None:
     with temp_database(backend) as url, tempfile.TemporaryDirectory(prefix="prof_") as tmp:
-        new_engine(url).dispose()
+        engine = new_engine(url)
+        get_job = None
+        if get:  # bench_reads' data: 2,000 short jobs and the 2,048-GPU x 35-day one
+            from bench_reads import LONG_JOB, populate
+
+            short_job, _ = populate(engine, 2000)
+            get_job = LONG_JOB if get == "long" else short_job
+        engine.dispose()
         with Server(url, Path(tmp) / "server.log") as server:
             if get:
-                run_client(["ingest", server.url, "--nodes", "64", "--pushes", "30", "--start",
-                            str(base_time(back_s=3600)), "--concurrency", "2"])
-                args = ["get", server.url, f"/v1/jobs/bench/{100000}", "--concurrency", "1", "--seconds", "8"]
+                args = ["get", server.url, f"/v1/jobs/{get_job}", "--concurrency", "1", "--seconds", "8"]
             else:
                 args = ["ingest", server.url, "--nodes", "1000" if size == 8 else "100",
                         "--pushes", "8" if size == 8 else "6", "--steps", str(size // 8),
@@ -137,7 +142,7 @@ def profile_http(backend: str, size: int, get: bool) -> None:
             if not raw.exists():
                 print(f"py-spy failed: {spy.stderr.read().decode()[-2000:] if spy.stderr else ''}")
                 return
-            what = "GET /v1/jobs/{id}" if get else f"POST /v1/ingest {size}/batch"
+            what = f"GET /v1/jobs/{get_job}" if get else f"POST /v1/ingest {size}/batch"
             print(f"server {backend}, {what}; client result: {result}")
             print(summarize(raw))
 
@@ -148,11 +153,12 @@ def main() -> None:
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--size", type=int, default=8, choices=(8, 512))
     parser.add_argument("--network", action="store_true", help="fn: batches with RoCE entries")
+    parser.add_argument("--job", default="long", choices=("long", "short"), help="get: which job's report")
     args = parser.parse_args()
     if args.what == "fn":
         profile_fn(args.backend, args.size, args.network)
     else:
-        profile_http(args.backend, args.size, get=args.what == "get")
+        profile_http(args.backend, args.size, get=args.job if args.what == "get" else None)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The gpuledger benchmark suite, in one command (see /work/shared/DESIGN.md "Numbers to reach").
+"""The gpuledger benchmark suite, in one command (the design's "numbers to reach").
 
     .venv/bin/python tests/benchmarks/run.py [--quick] [--only ingest,fleet,reads,storage,agent]
 
