@@ -8,8 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import defaultdict
-from pathlib import Path
 
 import httpx
 import pytest

@@ -221,7 +221,7 @@ def run(quick: bool = False) -> Section:
         section.add(f"bare NVML reads, real {real['gpus']} x {real['model']}",
                     f"{real['per_gpu_cpu_us']:.0f} us CPU per GPU per cycle; 8 GPUs at 1 Hz = "
                     f"{real['eight_gpus_cpu_s_per_h']:.1f} CPU-s/h")
-        section.note(f"real NVML getters on GPU 0 (wall/CPU us): " + ", ".join(
+        section.note("real NVML getters on GPU 0 (wall/CPU us): " + ", ".join(
             f"{k} {g['wall_us']:.0f}/{g['cpu_us']:.0f}" for k, g in real["getters_gpu0"].items()))
     else:
         section.add("bare NVML reads, real GPUs", f"not measured: no NVML here ({reason.split(':')[0]})", "-", "n/a")
