@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.rates import LedgerConfig
+from api.rates import Datacenter, LedgerConfig, Tco
 
 TOTALS = ("gpu_hours", "busy_gpu_hours", "gpu_energy_kwh", "overhead_energy_kwh", "energy_kwh",
           "facility_energy_kwh", "cost_usd", "co2e_kg", "embodied_co2e_kg")
@@ -43,15 +43,30 @@ class UsageRow:
     energy_counter_j: float
 
 
-def _hour(row: UsageRow, config: LedgerConfig, cluster: str, hourly: Hourly, applied: Applied) -> dict[str, Any]:
-    dc = config.datacenter(row.datacenter)
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """The rates of one (datacenter, GPU model) that do not change from hour to hour."""
+
+    dc: Datacenter
+    tco: Tco | None
+    embodied_kg_per_gpu_hour: float
+    static_intensity: float
+
+
+def _fixed(config: LedgerConfig, datacenter: str, gpu_model: str) -> _Fixed:
+    dc = config.datacenter(datacenter)
+    return _Fixed(dc, config.tco_for(gpu_model), config.embodied_kg(gpu_model), config.intensity(dc.region))
+
+
+def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hourly: Hourly, applied: Applied) -> dict[str, Any]:
+    dc, tco = fixed.dc, fixed.tco
     gpu_hours = row.gpu_seconds / 3600
     gpu_kwh = row.energy_j / 3.6e6
     overhead_kwh = gpu_hours * dc.node_overhead_w / dc.gpus_per_node / 1000
-    facility_kwh = (gpu_kwh + overhead_kwh) * dc.pue_at(row.hour_s)
+    pue = dc.pue_at(row.hour_s)
+    facility_kwh = (gpu_kwh + overhead_kwh) * pue
     series = hourly.get((dc.region, row.hour_s))
-    intensity = series if series is not None else config.intensity(dc.region)
-    tco = config.tco_for(row.gpu_model)
+    intensity = series if series is not None else fixed.static_intensity
     if tco is not None:
         usd_rate = tco.usd_per_gpu_hour
         cost = gpu_hours * usd_rate + facility_kwh * dc.usd_per_kwh
@@ -59,14 +74,14 @@ def _hour(row: UsageRow, config: LedgerConfig, cluster: str, hourly: Hourly, app
         usd_rate = config.price_usd_per_gpu_hour(row.gpu_model, cluster, row.hour_s)
         cost = gpu_hours * usd_rate
     applied[("usd", row.gpu_model)].add(usd_rate)
-    applied[("pue", row.datacenter)].add(dc.pue_at(row.hour_s))
+    applied[("pue", row.datacenter)].add(pue)
     applied[("intensity", dc.region)].add(intensity)
     return {
         "gpu_seconds": row.gpu_seconds, "busy_gpu_seconds": row.busy_gpu_seconds, "energy_j": row.energy_j,
         "overhead_energy_kwh": overhead_kwh,
         "facility_energy_kwh": facility_kwh, "cost_usd": cost, "co2e_kg": facility_kwh * intensity / 1000,
         "market_co2e_kg": None if dc.market_g_per_kwh is None else facility_kwh * dc.market_g_per_kwh / 1000,
-        "embodied_co2e_kg": gpu_hours * config.embodied_kg(row.gpu_model),
+        "embodied_co2e_kg": gpu_hours * fixed.embodied_kg_per_gpu_hour,
         "hourly_facility_kwh": facility_kwh if series is not None else 0.0,
     }
 
@@ -104,8 +119,12 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
     parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     applied: Applied = defaultdict(set)
     counter_j = energy_j = 0.0
+    fixed: dict[tuple[str, str], _Fixed] = {}
     for row in rows:
-        _add(parts[(row.datacenter, row.gpu_model)], _hour(row, config, cluster, hourly, applied))
+        key = (row.datacenter, row.gpu_model)
+        if key not in fixed:
+            fixed[key] = _fixed(config, *key)
+        _add(parts[key], _hour(row, fixed[key], config, cluster, hourly, applied))
         counter_j += row.energy_counter_j
         energy_j += row.energy_j
     totals: dict[str, Any] = dict.fromkeys(TOTALS, 0.0)

@@ -29,7 +29,6 @@ class GroupWriter:
         self.engine, self.max_group = engine, max_group
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-        self.groups = self.batches = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -72,7 +71,5 @@ class GroupWriter:
                 for item in group:
                     self._apply([item])
             return
-        self.groups += 1
-        self.batches += len(group)
         for (_, future), result in zip(group, results):
             future.set_result(result)
