@@ -8,13 +8,15 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import httpx
 import typer
+from prometheus_client import start_http_server
 
 from agent.attribution import Attributor, JobMappingDir, OwnerSource, ProcessOwners
 from agent.clock import WallClock
+from agent.exporter import DEFAULT_PORT, agent_registry
 from agent.gpu import GpuSource
 from agent.loop import Agent, NodeLabels, PortSource
 from agent.nvml import NvmlSource, NvmlUnavailable
@@ -37,6 +39,18 @@ def _client(token: str | None) -> httpx.Client:
     return httpx.Client(timeout=10.0, headers={"Authorization": f"Bearer {token}"} if token else {})
 
 
+def _serve_metrics(agent: Agent, address: str, port: int) -> Any:
+    """Serve /metrics; a port in use costs the metrics, never the accounting."""
+    try:
+        server, _thread = start_http_server(port, address, registry=agent_registry(agent))
+    except OSError as exc:
+        log.error("--metrics-port %d: cannot listen on %s:%d (%s); running without /metrics "
+                  "(pick a free port, or 0 to turn it off)", port, address, port, exc.strerror)
+        return None
+    log.info("Prometheus metrics on http://%s:%d/metrics", address, port)
+    return server
+
+
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
     token: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
@@ -52,6 +66,8 @@ def agent_command(
     spool_max_mb: Annotated[float, typer.Option(help="Spool size at which its oldest batches are merged into coarser ones (nothing is dropped).")] = 256.0,
     simulate: Annotated[Optional[Path], typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
     sim_epoch: Annotated[Optional[float], typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
+    metrics_port: Annotated[int, typer.Option(envvar="GPULEDGER_METRICS_PORT", help="Port of the agent's Prometheus /metrics; 0 turns it off.")] = DEFAULT_PORT,
+    metrics_address: Annotated[str, typer.Option(envvar="GPULEDGER_METRICS_ADDRESS", help="Address /metrics listens on.")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Sample this node's GPUs and push per-job intervals to the collector."""
@@ -99,6 +115,7 @@ def agent_command(
         )
     except NvmlUnavailable as exc:
         _fail(str(exc))
+    metrics_server = _serve_metrics(agent, metrics_address, metrics_port) if metrics_port else None
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     log.info(
@@ -108,6 +125,8 @@ def agent_command(
     try:
         agent.run()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if isinstance(ports, SimulatedPorts):
             ports.close()  # its private sysfs tree
     sys.exit(0)

@@ -28,6 +28,8 @@ class FakeDevice:
     util_memory_pct: int = 0
     pids: list[int] = field(default_factory=list)
     lost: bool = False
+    temperature_c: int | None = 35
+    clocks_event_reasons: int | None = pynvml.nvmlClocksEventReasonGpuIdle
 
 
 def _fail(code: int) -> pynvml.NVMLError:
@@ -106,6 +108,15 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeDevice) -> list[SimpleNamespace]:  # noqa: N802
         device = self._device(handle)
         return [SimpleNamespace(pid=pid, usedGpuMemory=None) for pid in device.pids]
+
+    def nvmlDeviceGetTemperature(self, handle: FakeDevice, sensor: int) -> int:  # noqa: N802
+        device = self._device(handle)
+        if sensor != pynvml.NVML_TEMPERATURE_GPU:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._supported(device.temperature_c)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeDevice) -> int:  # noqa: N802
+        return self._supported(self._device(handle).clocks_event_reasons)
 
     @staticmethod
     def _supported(value: int | None) -> int:

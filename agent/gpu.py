@@ -29,6 +29,8 @@ class GpuSample:
     memory_used_bytes: int | None
     pids: tuple[int, ...]
     lost: bool = False
+    temperature_c: int | None = None
+    clocks_event_reasons: int | None = None  # NVML bitmask: why the clocks are held down
 
 
 class GpuSource(Protocol):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import __version__
@@ -17,7 +20,7 @@ from agent.intervals import IntervalCutter
 from agent.network import NetworkCutter, job_shares, node_step
 from agent.push import Pusher
 from agent.resume import gap_steps, saved_readings
-from agent.roce import PortReading
+from agent.roce import PortReading, PortTotals
 from agent.state import CounterState, from_json, newest, to_json
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,16 @@ class NodeLabels:
     node: str
     cluster: str
     datacenter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the last cycle saw, replaced whole after every cycle (read by the metrics endpoint)."""
+
+    samples: tuple[GpuSample, ...] = ()
+    owners: dict[int, Owners] = field(default_factory=dict)
+    ports: tuple[PortReading, ...] = ()
+    gpus_lost: int = 0
 
 
 class Agent:
@@ -65,13 +78,19 @@ class Agent:
         self._prev_ports: list[PortReading] | None = None
         self._prev_ports_s = 0.0
         self.state, self.epoch = state, epoch
+        self.snapshot = Snapshot()
+        self.port_totals = PortTotals()
+        self.counter_resets: Counter[int] = Counter()  # per GPU index
+        self.on_cycle: Callable[[float], None] | None = None  # called with each cycle's seconds
         spooled = getattr(pusher.queue, "latest_counters", lambda: None)()
         self._saved = newest(state.load() if state else {}, from_json(spooled or []))
 
     def tick(self) -> None:
         """Read every GPU and port once; account the step since the last read to the previous owners."""
+        started = time.perf_counter()
         now_s = self.clock.now()
-        samples = [s for s in self.source.sample(now_s) if not s.lost]
+        read = self.source.sample(now_s)
+        samples = [s for s in read if not s.lost]
         if self._saved:
             self._resume(samples)
         for cur in samples:
@@ -79,13 +98,16 @@ class Agent:
             if prev is not None and cur.time_s > prev.time_s:
                 step = energy_step(prev, cur)
                 if step.counter_reset:
+                    self.counter_resets[cur.index] += 1
                     log.warning("GPU %d: energy counter went down (driver reload); step estimated from power", cur.index)
                 owners = self._owners.get(cur.index, ())
                 self.cutter.add(cur.index, owners, prev.time_s, step, cur.util_gpu_pct, cur.memory_used_bytes)
             self._prev[cur.index] = cur
-        if self.ports is not None:
-            self._tick_ports(now_s)
+        readings = self._tick_ports(now_s) if self.ports is not None else []
         self._owners = self.attributor.owners(samples)
+        self.snapshot = Snapshot(tuple(samples), self._owners, tuple(readings), len(read) - len(samples))
+        if self.on_cycle is not None:
+            self.on_cycle(time.perf_counter() - started)
 
     def _resume(self, samples: list[GpuSample]) -> None:
         """First readings after a restart: account the downtime from the saved counters."""
@@ -96,13 +118,15 @@ class Agent:
                 self._enqueue()  # one batch per piece: the collector takes intervals of an hour at most
         self._saved = {}
 
-    def _tick_ports(self, now_s: float) -> None:
+    def _tick_ports(self, now_s: float) -> list[PortReading]:
         assert self.ports is not None
         readings = self.ports.read()
+        increases = self.port_totals.add(readings)
         if self._prev_ports is not None and now_s > self._prev_ports_s:
-            step = node_step(self._prev_ports, readings, now_s - self._prev_ports_s)
+            step = node_step(self._prev_ports, readings, now_s - self._prev_ports_s, increases)
             self.network.add(job_shares(self._owners, len(self.gpus)), self._prev_ports_s, step)
         self._prev_ports, self._prev_ports_s = readings, now_s
+        return readings
 
     def make_batch(self) -> dict[str, Any] | None:
         intervals, jobs = self.cutter.cut()

@@ -42,7 +42,12 @@ class NodeStep:
     link_down_port_seconds: float
 
 
-def node_step(prev: list[PortReading], cur: list[PortReading], seconds: float) -> NodeStep:
+def node_step(
+    prev: list[PortReading], cur: list[PortReading], seconds: float,
+    increases: dict[tuple[str, int], dict[str, int | None]] | None = None,
+) -> NodeStep:
+    """The node's fabric from ``prev`` to ``cur``; ``increases``: the ports' counter increases
+    when the caller has them already (``PortTotals.add``), else computed here."""
     before = {(p.device, p.port): p for p in prev}
     counters: dict[str, float] = {}
     tx_gbps = rx_gbps = 0.0
@@ -54,7 +59,7 @@ def node_step(prev: list[PortReading], cur: list[PortReading], seconds: float) -
             down += 1
         if old is None:
             continue
-        deltas = port_deltas(old, port)
+        deltas = increases[(port.device, port.port)] if increases is not None else port_deltas(old, port)
         for wire, names in NETWORK_COUNTERS.items():
             values = [deltas[n] for n in names if deltas.get(n) is not None]
             if values:

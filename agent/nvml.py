@@ -19,8 +19,10 @@ from agent.gpu import GpuInfo, GpuSample
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Codes after which a reading is simply absent on this GPU.
-_ABSENT_CODES = {pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_NO_PERMISSION}
+# Codes after which a reading is simply absent on this GPU (FUNCTION_NOT_FOUND: a driver older
+# than the getter, e.g. nvmlDeviceGetCurrentClocksEventReasons before R535).
+_ABSENT_CODES = {pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_NO_PERMISSION, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
+_NOT_ERRORS = {pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
 _NO_NVML_CODES = {
     pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
     pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
@@ -46,6 +48,7 @@ class NvmlSource:
         self._handles: list[Any] = []
         self._lost: set[int] = set()
         self._warned: set[tuple[int, str]] = set()
+        self.errors = 0  # failed calls, other than a reading the GPU does not support
 
     def open(self) -> list[GpuInfo]:
         nvml = self._nvml
@@ -94,6 +97,8 @@ class NvmlSource:
             util = self._read(index, "utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
             memory = self._read(index, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
             procs = self._read(index, "processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+            temperature = self._read(index, "temperature", _gpu_temperature(nvml), handle)
+            reasons = self._read(index, "clocks_event_reasons", nvml.nvmlDeviceGetCurrentClocksEventReasons, handle)
         except GpuLost:
             log.error("GPU %d is lost (fallen off the bus); the other GPUs go on", index)
             self._lost.add(index)
@@ -106,6 +111,8 @@ class NvmlSource:
             util_gpu_pct=None if util is None else int(util.gpu),
             memory_used_bytes=None if memory is None else int(memory.used),
             pids=tuple(int(p.pid) for p in procs or ()),
+            temperature_c=None if temperature is None else int(temperature),
+            clocks_event_reasons=None if reasons is None else int(reasons),
         )
 
     def _read(self, index: int, what: str, fn: Callable[[Any], T], handle: Any) -> T | None:
@@ -114,11 +121,18 @@ class NvmlSource:
             return fn(handle)
         except pynvml.NVMLError as exc:
             if exc.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                self.errors += 1
                 raise GpuLost(index) from exc
+            if exc.value not in _NOT_ERRORS:
+                self.errors += 1
             if exc.value not in _ABSENT_CODES and (index, what) not in self._warned:
                 log.warning("GPU %d: reading %s failed: %s", index, what, exc)
             self._warned.add((index, what))
             return None
+
+
+def _gpu_temperature(nvml: Any) -> Callable[[Any], int]:
+    return lambda handle: nvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
 
 
 def _lost_sample(index: int, time_s: float) -> GpuSample:

@@ -61,6 +61,7 @@ class Pusher:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         store: BatchStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/v1/ingest"
         self.client = client or httpx.Client(timeout=10.0)
@@ -68,7 +69,9 @@ class Pusher:
         self.rejected = 0
         self.failures = 0  # consecutive, for the backoff
         self.failed_attempts = 0
-        self._clock, self._rng = clock, rng or random.Random()
+        self.acknowledged = 0
+        self.last_success_s: float | None = None  # wall time of the last batch the collector took
+        self._clock, self._wall_clock, self._rng = clock, wall_clock, rng or random.Random()
         self._retry_at = float("-inf")
 
     def submit(self, batch: dict[str, Any], counters: Any = None) -> None:
@@ -102,6 +105,9 @@ class Pusher:
                 # A batch the collector will never accept: retrying it forever would block the rest.
                 self.rejected += 1
                 log.error("collector rejected batch seq=%s: %s", batch["seq"], response.text[:500])
+            else:
+                self.acknowledged += 1
+                self.last_success_s = self._wall_clock()
             self.queue.ack(batch)
             self.failures = 0
         return True

@@ -241,3 +241,30 @@ def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
             f"({prev.device} port {prev.port})"
         )
     return {name: _delta(name, prev, cur) for name in ALL_COUNTERS}
+
+
+class PortTotals:
+    """Each port's counters summed over the readings fed to it: monotonic across wraps and
+    resets, from the agent's start. A counter a port never reported stays absent."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, int], dict[str, int]] = {}
+        self._last: dict[tuple[str, int], PortReading] = {}
+
+    def add(self, readings: list[PortReading]) -> dict[tuple[str, int], dict[str, int | None]]:
+        """Add the increase since each port's previous reading; return those increases."""
+        increases = {}
+        for cur in readings:
+            key = (cur.device, cur.port)
+            prev = self._last.get(key)
+            totals = self.totals.setdefault(key, {})
+            if prev is not None:
+                increases[key] = deltas = port_deltas(prev, cur)
+                for name, delta in deltas.items():
+                    if delta is not None:
+                        totals[name] = totals.get(name, 0) + delta
+            for name, raw in cur.raw.items():
+                if raw is not None:
+                    totals.setdefault(name, 0)
+            self._last[key] = cur
+        return increases

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pynvml
+
 from agent.attribution import JobRef, Owners
 from agent.clock import Clock
 from agent.fakenvml import FakeDevice, FakeNvml
@@ -157,6 +159,8 @@ class SimulatedNode:
             device.power_mw = int(gpu.power_w(math.floor(offset_s)) * 1000)
         device.util_gpu_pct = round(gpu.utilization(math.floor(offset_s)) * 100)
         device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if gpu.job_at(offset_s) else 0
+        device.temperature_c = 30 + round(45 * device.power_mw / max(device.default_limit_mw or 1, 1))
+        device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
         result = {}
@@ -165,6 +169,15 @@ class SimulatedNode:
             if job is not None:
                 result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd),)
         return result
+
+
+def _clocks_event_reasons(util_pct: int, power_mw: int | None, limit_mw: int | None) -> int:
+    """Idle GPUs drop their clocks; busy ones near their power limit are capped."""
+    if util_pct == 0:
+        return pynvml.nvmlClocksEventReasonGpuIdle
+    if power_mw is not None and limit_mw and power_mw >= 0.95 * limit_mw:
+        return pynvml.nvmlClocksEventReasonSwPowerCap
+    return pynvml.nvmlClocksEventReasonNone
 
 
 class _SimNvml(FakeNvml):

@@ -19,10 +19,13 @@ from api.auth import AuthSettings, BodySizeLimit, require_reader
 from api.deps import EngineDep
 from api.intensity.feeds import refresh
 from api.rates import LedgerConfig
+from api.jobmetrics import JobCollector
 from api.metrics import BudgetCollector
-from api.routes import ingest, jobs, ledger, usage
+from api.routes import ingest, jobs, ledger, series, usage
+from api.web.routes import install as install_web
 from collector.lifecycle import end_silent_jobs
 from collector.retention import prune
+from collector.stats import IngestStats
 from collector.writer import GroupWriter
 
 
@@ -58,14 +61,19 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
+    app.include_router(series.router)  # before jobs, as ledger
     app.include_router(jobs.router)
     app.include_router(usage.router)
-    registry = CollectorRegistry()
+    install_web(app)  # the web page at /, its files under /static
+    registry = CollectorRegistry(auto_describe=False)
+    app.state.ingest_stats = IngestStats(registry)
     registry.register(BudgetCollector(engine, config))
+    job_metrics = JobCollector(engine, config)  # writes its own exposition: see api.jobmetrics
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
     def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(registry) + job_metrics.exposition().encode()
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(require_reader)])
     def healthz(engine: EngineDep) -> dict[str, str]:

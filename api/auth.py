@@ -15,7 +15,9 @@ request is served as the ``anonymous`` principal, which may do everything, and a
 sent is ignored.
 
 Paths in ``AuthSettings.open_paths`` (by default /healthz and /metrics) are served without
-a token even when authentication is required, if their route uses these dependencies.
+a token even when authentication is required, if their route uses these dependencies. The
+web page's files (``api.web``: /, /jobs/…, /static/…) use none: they hold no data, and the
+page sends the reader's token with each /v1 request it makes.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import prometheus_client
 import typer
 
 from agent.cli import agent_command
@@ -117,11 +118,12 @@ def report(
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
     workdir: Annotated[Path, typer.Option(help="Where the demo's SQLite file lives.")] = Path(".gpuledger-demo"),
+    metrics_port: Annotated[int, typer.Option(help="The simulated agents' /metrics listen on this port and the next ones; 0 turns them off.")] = 9410,
 ) -> None:
     """Server on SQLite plus a simulated 4-node cluster, in one process group; Ctrl-C stops all."""
     from api.demo import run_demo
 
-    raise typer.Exit(run_demo(port, workdir))
+    raise typer.Exit(run_demo(port, workdir, metrics_port))
 
 
 intensity_app = typer.Typer(no_args_is_help=True, help="Grid carbon-intensity series.")
@@ -190,6 +192,8 @@ def token_list(db: DbOption = "sqlite:///gpuledger.db") -> None:
 
 
 def main() -> None:
+    # Counters without their `_created` twin series: Prometheus' text format does not need them.
+    prometheus_client.disable_created_metrics()
     app()
 
 

@@ -63,7 +63,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(port: int, workdir: Path) -> int:
+def run_demo(port: int, workdir: Path, metrics_port: int = 9410) -> int:
     url = f"http://127.0.0.1:{port}"
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (`demo &`)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -81,21 +81,27 @@ def run_demo(port: int, workdir: Path) -> int:
             print("gpuledger demo: error: the server did not start; see its output above", file=sys.stderr)
             return 1
         epoch = f"{time.time():.0f}"
-        for node in load_spec(str(spec_path)).nodes:
+        nodes = load_spec(str(spec_path)).nodes
+        agent_ports = [metrics_port + n if metrics_port else 0 for n in range(len(nodes))]
+        for node, agent_port in zip(nodes, agent_ports):
             children.append(subprocess.Popen(
                 [*cli, "agent", "--simulate", str(spec_path), "--node", node.name, "--collector", url,
                  "--push-interval", "2", "--sim-epoch", epoch, "--log-level", "warning",
-                 "--state-dir", str(workdir / f"agent-{node.name}")],
+                 "--state-dir", str(workdir / f"agent-{node.name}"),
+                 "--metrics-address", "127.0.0.1", "--metrics-port", str(agent_port)],
                 stderr=subprocess.DEVNULL,
             ))
         print(f"\n{BANNER}\n")
         print(f"gpuledger demo is running ({len(children) - 1} simulated nodes; data in {workdir}/demo.db)")
-        print(f"  jobs:        {url}/v1/jobs")
+        print(f"  Open {url}/ in a browser: the jobs, live; click one for its charts.")
+        print(f"  jobs (API):  {url}/v1/jobs")
         print(f"  one job:     {url}/v1/jobs/demo/1001")
         print(f"  model card:  .venv/bin/gpuledger report demo/1001 --convention tdp --server {url}")
         print(f"  showback:    {url}/v1/usage?group_by=account")
         print(f"  API docs:    {url}/docs")
         print(f"  health:      {url}/healthz")
+        print(f"  Prometheus:  {url}/metrics" + (f" and the agents' http://127.0.0.1:{agent_ports[0]}-{agent_ports[-1]}/metrics"
+                                                  if metrics_port else ""))
         print(f"  in a shell:  .venv/bin/gpuledger report demo/1001 --server {url}")
         print("Ctrl-C stops everything.\n", flush=True)
         while all(child.poll() is None for child in children):

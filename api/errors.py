@@ -38,9 +38,18 @@ def describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return described
 
 
+INGEST_PATH = "/v1/ingest"
+
+
+def _count_rejected(request: Request) -> None:
+    if request.url.path == INGEST_PATH:
+        request.app.state.ingest_stats.rejected()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        _count_rejected(request)
         errors = describe(list(exc.errors()))
         head = "; ".join(f"{e['field']} = {e['value']!r}: {e['message']}" for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -55,5 +64,6 @@ def install(app: FastAPI) -> None:
                             content={"detail": f"database unavailable, retry later: {cause}"})
 
     @app.exception_handler(BatchRejected)
-    async def _rejected(_request: Request, exc: BatchRejected) -> JSONResponse:
+    async def _rejected(request: Request, exc: BatchRejected) -> JSONResponse:
+        _count_rejected(request)
         return JSONResponse(status_code=422, content={"detail": f"batch rejected: {exc}"})

@@ -75,3 +75,9 @@ def network_report(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             for row in rows
         ],
     }
+
+
+def congestion(rows: list[dict[str, Any]]) -> str | None:
+    """Only the verdict of ``network_report(rows)``; ``None`` when the job has no network data."""
+    report = network_report(rows)
+    return None if report is None else report["congestion"]

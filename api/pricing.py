@@ -86,6 +86,26 @@ def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hour
     }
 
 
+SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg")
+
+
+def price_sums(
+    rows: list[UsageRow], config: LedgerConfig, cluster: str, hourly: Hourly, fixed: dict[tuple[str, str], _Fixed]
+) -> dict[str, float]:
+    """Only the summed physics, cost and CO2e of ``rows`` (no breakdown, no rates): for /metrics.
+    ``fixed`` caches each (datacenter, model)'s fixed rates across calls."""
+    sums = dict.fromkeys(SUMMED, 0.0)
+    applied: Applied = defaultdict(set)
+    for row in rows:
+        key = (row.datacenter, row.gpu_model)
+        if key not in fixed:
+            fixed[key] = _fixed(config, *key)
+        hour = _hour(row, fixed[key], config, cluster, hourly, applied)
+        for name in SUMMED:
+            sums[name] += hour[name]
+    return sums
+
+
 def _add(into: dict[str, Any], part: dict[str, Any]) -> None:
     for key, value in part.items():
         if value is None:

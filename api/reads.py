@@ -78,20 +78,29 @@ def placement(engine: Engine, job_ids: list[str]) -> dict[str, tuple[int, int]]:
 
 def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
     """A job's RoCE rollups summed per node."""
+    return network_by_job(engine, [job_id]).get(job_id, [])
+
+
+def network_by_job(engine: Engine, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each job's RoCE rollups summed per node, in one query; jobs without any are left out."""
     summed = ("seconds", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
               "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts", "apportioned_bytes",
               "link_down_port_seconds")
     peaks = ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
     query = (
-        select(net_hours_t.c.node,
+        select(net_hours_t.c.job_id, net_hours_t.c.node,
                *(func.sum(net_hours_t.c[n]).label(n) for n in summed),
                *(func.max(net_hours_t.c[n]).label(n) for n in peaks))
-        .where(net_hours_t.c.job_id == job_id)
-        .group_by(net_hours_t.c.node)
-        .order_by(net_hours_t.c.node)
+        .where(net_hours_t.c.job_id.in_(job_ids))
+        .group_by(net_hours_t.c.job_id, net_hours_t.c.node)
+        .order_by(net_hours_t.c.job_id, net_hours_t.c.node)
     )
+    result: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        for row in conn.execute(query):
+            values = dict(row._mapping)
+            result[values.pop("job_id")].append(values)
+    return dict(result)
 
 
 def usage_by_group(engine: Engine, group_by: str, from_s: float, to_s: float) -> dict[tuple[str, str], list[UsageRow]]:

@@ -76,6 +76,9 @@ class JobSummary(Usage):
         description="Share of energy_kwh from NVML's energy counter; the rest is estimated from power."
     )
     budget: Budget
+    network_congestion: str | None = Field(
+        default=None, description="The network report's verdict: none, moderate, heavy or unknown; null without NIC data."
+    )
 
 
 class NetworkNode(BaseModel):
@@ -145,3 +148,53 @@ class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     usd: float | None = Field(default=None, ge=0)
     co2e_kg: float | None = Field(default=None, ge=0)
+
+
+class GpuSeries(BaseModel):
+    """One value per bucket, oldest first: hours from the rollups, then the last hours in finer buckets."""
+
+    start_s: list[float] = Field(description="Bucket start (Unix seconds), clipped to the job's first sample.")
+    end_s: list[float] = Field(description="Bucket end (Unix seconds), clipped to the job's last sample.")
+    resolution_s: list[int] = Field(description="Bucket width: 3600 for hourly rollups, step_s for the last hours.")
+    gpus: list[float | None] = Field(description="Mean GPUs allocated: gpu_seconds / (end_s - start_s); "
+                                                 "null in the newest buckets, until every node of the job has reported them.")
+    power_w: list[float | None] = Field(description="Mean GPU board power of the job: energy_j / (end_s - start_s); null as gpus.")
+    utilization_pct: list[float | None] = Field(description="busy_gpu_seconds / gpu_seconds × 100.")
+    gpu_energy_kwh: list[float]
+    cost_usd: list[float]
+    co2e_kg: list[float] = Field(description="Location-based.")
+    cumulative_cost_usd: list[float] = Field(description="Cost up to end_s; the last one is the report's cost_usd.")
+    cumulative_co2e_kg: list[float] = Field(description="CO2e up to end_s; the last one is the report's co2e_kg.")
+
+
+class NetworkSeries(BaseModel):
+    """One value per hour with RoCE data (the network rollups are hourly), oldest first."""
+
+    start_s: list[float]
+    end_s: list[float]
+    tx_gbps: list[float | None] = Field(description="Mean of the job's nodes together over the hour.")
+    rx_gbps: list[float | None]
+    peak_tx_gbps: list[float] = Field(description="Highest one node's throughput between two samples.")
+    peak_rx_gbps: list[float]
+    cnp_handled_per_s: list[float | None] = Field(description="Per node-second.")
+    retransmits_per_gb: list[float | None] = Field(description="Per GB sent.")
+    congestion: list[str] = Field(description="none, moderate, heavy or unknown, as in the job's network report.")
+
+
+class SeriesForecast(BaseModel):
+    method: str = Field(description="steps, declared_end or ended (see the report's budget).")
+    end_s: float = Field(description="Forecast end of the job (Unix seconds).")
+    cost_usd: float
+    co2e_kg: float | None
+
+
+class JobSeries(BaseModel):
+    job_id: str
+    as_of: datetime
+    step_s: int = Field(description="Width of the fine buckets (seconds).")
+    fine_from_s: int | None = Field(description="Where the fine buckets start (Unix seconds); null: hourly only.")
+    budget_usd: float | None
+    budget_co2e_kg: float | None
+    forecast: SeriesForecast | None = Field(description="The report's forecast at completion; null without one.")
+    gpu: GpuSeries
+    network: NetworkSeries

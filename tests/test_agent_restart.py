@@ -38,7 +38,7 @@ utilization = 0.8
 def agent(spec, url, epoch, state_dir) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "api.cli", "agent", "--simulate", str(spec), "--node", "n0", "--collector", url,
-         "--interval", "0.5", "--push-interval", "1", "--sim-epoch", str(epoch), "--state-dir", str(state_dir)],
+         "--interval", "0.5", "--push-interval", "1", "--sim-epoch", str(epoch), "--state-dir", str(state_dir), "--metrics-port", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

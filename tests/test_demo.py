@@ -1,6 +1,7 @@
 """`gpuledger demo` as a newcomer runs it: live, growing numbers, and Ctrl-C stops everything."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def test_demo_shows_growing_numbers_and_stops_on_ctrl_c(tmp_path):
         assert later["state"] == "running" and later["nodes"] == 2 and later["gpus"] == 16
         for field in ("gpu_hours", "energy_kwh", "cost_usd", "co2e_kg"):
             assert later[field] > first[field] > 0, field
+        page = httpx.get(f"{url}/", timeout=5)
+        assert page.status_code == 200 and "<title>gpuledger: jobs</title>" in page.text
         os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         output, _ = demo.communicate(timeout=30)
     finally:
@@ -56,6 +59,8 @@ def test_demo_shows_growing_numbers_and_stops_on_ctrl_c(tmp_path):
             os.killpg(demo.pid, signal.SIGKILL)
     assert demo.returncode == 0, output
     assert "SIMULATED GPUs" in output and f"{url}/v1/jobs" in output
+    urls = re.findall(r"https?://\S+", output)
+    assert urls[0] == f"{url}/", f"the web page is not the first URL printed: {urls[:3]}"
     deadline = time.monotonic() + 10
     while _group_alive(demo.pid) and time.monotonic() < deadline:
         time.sleep(0.2)

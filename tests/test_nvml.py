@@ -53,6 +53,35 @@ def test_gpu_without_energy_counter_reads_none_not_zero():
     assert with_counter.energy_mj == 1000
 
 
+class OldDriverNvml(FakeNvml):
+    """A driver older than nvmlDeviceGetCurrentClocksEventReasons (R535): pynvml finds no such symbol."""
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeDevice) -> int:  # noqa: N802
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+
+def test_temperature_and_clocks_reasons_absent_on_an_old_driver_are_not_errors(caplog):
+    dev = FakeDevice(uuid="GPU-a", temperature_c=None)  # and no temperature sensor
+    source = NvmlSource(OldDriverNvml([dev]))
+    source.open()
+    (s,) = source.sample(1.0)
+    assert (s.temperature_c, s.clocks_event_reasons, s.energy_mj) == (None, None, 0)
+    assert source.errors == 0 and not caplog.records
+
+
+class FailingPowerNvml(FakeNvml):
+    def nvmlDeviceGetPowerUsage(self, handle: FakeDevice) -> int:  # noqa: N802
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+
+def test_failed_calls_are_counted_every_time_and_warned_once(caplog):
+    source = NvmlSource(FailingPowerNvml([FakeDevice(uuid="GPU-a")]))
+    source.open()
+    assert [s.power_mw for s in source.sample(1.0) + source.sample(2.0)] == [None, None]
+    assert source.errors == 2
+    assert [r.getMessage() for r in caplog.records] == ["GPU 0: reading power failed: Unknown Error"]
+
+
 def test_calls_before_init_fail_like_real_nvml():
     with pytest.raises(pynvml.NVMLError) as err:
         FakeNvml(devices()).nvmlDeviceGetCount()

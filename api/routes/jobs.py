@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 from api import reads
 from api.auth import ReaderDep, can_see, scoped_account
 from api.deps import ConfigDep, EngineDep
-from api.network import network_report
+from api.network import congestion, network_report
 from api.reports import build_reports, now
 from api.schemas import JobPage, JobReport
 
@@ -28,6 +28,9 @@ def list_jobs(
     """Jobs, newest first, with live totals."""
     jobs, total = reads.list_jobs(engine, state=state, user=user, account=scoped_account(principal, account), limit=limit, offset=offset)
     items = build_reports(engine, jobs, config)
+    networks = reads.network_by_job(engine, [job["job_id"] for job in jobs])
+    for item in items:
+        item["network_congestion"] = congestion(networks.get(item["job_id"], []))
     return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
 
 
@@ -39,4 +42,5 @@ def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: Reader
         hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
         raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
     (report,) = build_reports(engine, [job], config)
-    return JobReport(**report, as_of=now(), network=network_report(reads.network(engine, job_id)))
+    network = network_report(reads.network(engine, job_id))
+    return JobReport(**report, as_of=now(), network=network, network_congestion=None if network is None else network["congestion"])

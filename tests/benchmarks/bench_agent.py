@@ -154,7 +154,7 @@ def run(quick: bool = False) -> Section:
             agents = {}
             for node in nodes:
                 cmd = [PYTHON, "-m", "api.cli", "agent", "--simulate", str(spec), "--node", node,
-                       "--collector", server.url, "--interval", "1", "--push-interval", "10", "--log-level", "warning"]
+                       "--collector", server.url, "--interval", "1", "--push-interval", "10", "--log-level", "warning", "--metrics-port", "0"]
                 agents[node] = subprocess.Popen(cmd, cwd=REPO, stdout=(Path(tmp) / f"{node}.log").open("w"),
                                                 stderr=subprocess.STDOUT)
             started = time.monotonic()

@@ -1,0 +1,27 @@
+"""What ingest did, for the server's ``/metrics``: one set per app, in the app's registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+OUTCOMES = ("applied", "duplicate", "rejected")
+
+
+class IngestStats:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = Counter("gpuledger_collector_batches", "Batches received, by outcome (applied, duplicate, rejected)",
+                               ["outcome"], registry=registry)
+        self.intervals = Counter("gpuledger_collector_intervals", "GPU intervals applied", registry=registry)
+        self.seconds = Histogram("gpuledger_collector_ingest_seconds", "Time to apply one batch, from request to commit",
+                                 registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        for outcome in OUTCOMES:
+            self.batches.labels(outcome)  # present from the start, at 0
+
+    def applied(self, applied: bool, intervals: int, seconds: float) -> None:
+        self.batches.labels("applied" if applied else "duplicate").inc()
+        if applied:
+            self.intervals.inc(intervals)
+        self.seconds.observe(seconds)
+
+    def rejected(self) -> None:
+        self.batches.labels("rejected").inc()

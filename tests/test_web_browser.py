@@ -1,0 +1,267 @@
+"""The web page in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The demo runs (server and simulated agents, as `make demo` starts them); the page must list
+its jobs and update them in place, filter and sort, draw every chart of a job with data, give
+its downloads, and log no console error. A server that requires tokens shows a reader only
+its account. Screenshots of the pages go to $GPULEDGER_ARTIFACTS (default tests/artifacts/).
+Without Chromium or Playwright these tests are skipped, except in CI (`CI` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.report import FIELDS
+from tests.conftest import free_port, start_server
+
+CHROMIUM = os.environ.get("GPULEDGER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("GPULEDGER_ARTIFACTS", Path(__file__).parent / "artifacts"))
+POLL_S = 5  # the page's REFRESH_MS
+EXPECTED_REFUSALS = ("status of 401", "status of 403", "status of 404")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests need {reason} in CI")
+    pytest.skip(f"no browser: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package (pip install -e '.[test]')")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"Chromium at {CHROMIUM} (apt-get install chromium, or set GPULEDGER_CHROMIUM)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Console:
+    """What the page logged as an error, and the exceptions it threw."""
+
+    def __init__(self, page) -> None:  # noqa: ANN001
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def unexpected(self, allowed: tuple[str, ...] = ()) -> list[str]:
+        return [e for e in self.errors if not any(a in e for a in allowed)]
+
+
+@pytest.fixture
+def page(browser):  # noqa: ANN001, ANN201
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    tab.console = Console(tab)
+    yield tab
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:  # noqa: ANN001
+    page.wait_for_timeout(1500)  # past the highlight of values that just changed
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, browser) -> Iterator[str]:  # noqa: ANN001
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    workdir = tmp_path_factory.mktemp("demo")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "demo", "--port", str(port), "--workdir", str(workdir / "demo"), "--metrics-port", "0"],
+        stdout=(workdir / "demo.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                jobs = {j["job_id"]: j for j in httpx.get(f"{url}/v1/jobs", timeout=5).json()["items"]}
+                if all(jobs.get(f"demo/100{n}", {}).get("gpu_hours", 0) > 0 for n in (1, 2, 4)):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (workdir / "demo.log").read_text()
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the demo's jobs did not appear: {(workdir / 'demo.log').read_text()}")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def rows(page) -> list[dict[str, str]]:  # noqa: ANN001
+    return page.eval_on_selector_all("#jobs tbody tr", """trs => trs.map(tr => Object.fromEntries(
+        [...tr.querySelectorAll('td')].map(td => [td.dataset.col, td.querySelector('a')?.textContent ?? td.textContent])))""")
+
+
+def wait_polls(page, selector: str, at_least: int) -> None:  # noqa: ANN001
+    # Functions, not expressions: Playwright evaluates an expression with eval(), which the page's CSP refuses.
+    page.wait_for_function(f"() => Number(document.querySelector('{selector}').dataset.polls) >= {at_least}",
+                           timeout=(POLL_S * 3 + 10) * 1000)
+
+
+def polls(page, selector: str) -> int:  # noqa: ANN001
+    return int(page.eval_on_selector(selector, "e => e.dataset.polls"))
+
+
+def test_jobs_appear_and_update_in_place(demo, page):
+    page.goto(f"{demo}/")
+    wait_polls(page, "#jobs", 1)
+    table = {r["job_id"]: r for r in rows(page)}
+    assert {"demo/1001", "demo/1002", "demo/1004", "demo/unallocated"} <= set(table)
+    assert table["demo/1001"]["user"] == "alice" and table["demo/1001"]["gpus"] == "16"
+    assert table["demo/1004"]["network_congestion"] == "heavy"  # 5,000 CNPs/s in the demo's spec
+    assert table["demo/1001"]["network_congestion"] == "moderate"
+    assert table["demo/1001"]["budget"] in ("within", "forecast over", "over budget")
+    states = [r["state"] for r in rows(page)]
+    assert states == sorted(states, key=lambda s: s != "running"), states  # running first
+    page.evaluate("""() => { window.sameDocument = true;
+        document.querySelector('tr[data-job-id="demo/1001"]').dataset.mark = 'kept'; }""")
+    before = float(table["demo/1001"]["gpu_hours"])
+    wait_polls(page, "#jobs", polls(page, "#jobs") + 1)
+    after = {r["job_id"]: r for r in rows(page)}["demo/1001"]
+    assert float(after["gpu_hours"]) > before, "GPU-hours did not grow between two polls"
+    assert page.evaluate("""() => window.sameDocument === true
+        && document.querySelector('tr[data-job-id="demo/1001"]').dataset.mark === 'kept'"""), "the page reloaded or rebuilt the row"
+    screenshot(page, "jobs-page.png")
+    assert page.console.unexpected() == []
+
+
+def test_filters_and_sort(demo, page):
+    page.goto(f"{demo}/")
+    wait_polls(page, "#jobs", 1)
+
+    def shown() -> set[str]:
+        wait_polls(page, "#jobs", polls(page, "#jobs") + 1)  # a filter change polls at once
+        return {r["job_id"] for r in rows(page)}
+
+    page.select_option("#filter-user", "alice")
+    assert shown() == {"demo/1001"} and "user=alice" in page.url
+    page.select_option("#filter-user", "")
+    page.select_option("#filter-account", "vision")
+    assert shown() == {"demo/1002", "demo/1004"}
+    page.select_option("#filter-account", "")
+    for state in ("running", "ended"):
+        page.select_option("#filter-state", state)
+        truth = {j["job_id"] for j in httpx.get(f"{demo}/v1/jobs", params={"state": state}, timeout=5).json()["items"]}
+        listed = shown()
+        assert listed <= truth | {"demo/1003"} and truth - {"demo/1003"} <= listed  # 1003 ends mid-test
+        assert all(r["state"] == state for r in rows(page))
+    assert page.is_visible("#empty") == (not rows(page))
+    page.select_option("#filter-state", "running")
+    shown()
+    page.click("th[data-col='cost_usd'] button")
+    assert page.get_attribute("th[data-col='cost_usd']", "aria-sort") == "descending"
+    costs = [float(r["cost_usd"].strip("$").replace(",", "")) for r in rows(page)]
+    assert costs == sorted(costs, reverse=True) and len(costs) >= 4
+    page.click("th[data-col='user'] button")
+    page.click("th[data-col='user'] button")
+    assert page.get_attribute("th[data-col='user']", "aria-sort") == "ascending"
+    users = [r["user"] for r in rows(page) if r["user"] != "–"]
+    assert users == sorted(users) and "sort=user" in page.url and "dir=asc" in page.url
+    assert page.console.unexpected() == []
+
+
+def test_job_page_draws_every_chart_with_data(demo, page):
+    page.goto(f"{demo}/jobs/demo/1001")
+    wait_polls(page, "#job", 1)
+    # The forecast needs the training loop's progress, which the demo reports every 10 s.
+    page.wait_for_function("""() => JSON.parse(document.querySelector('#chart-cost').dataset.points || '{}')
+        ['Forecast cost ($)'] > 0""", timeout=60_000)
+    charts = page.eval_on_selector_all(".chart", """els => Object.fromEntries(els.map(e =>
+        [e.id, {points: JSON.parse(e.dataset.points), canvas: !!e.querySelector('canvas')}]))""")
+    assert set(charts) == {"chart-power", "chart-cost", "chart-network", "chart-congestion"}
+    for name, chart in charts.items():
+        assert chart["canvas"] and chart["points"] and all(n > 0 for n in chart["points"].values()), (name, chart)
+    assert charts["chart-power"]["points"]["GPU power (kW)"] >= 2
+    assert page.text_content("#job-id") == "demo/1001" and page.text_content("#job-name") == "llama-70b-pretrain"
+    card = page.eval_on_selector_all("#model-card tbody tr", "trs => trs.map(tr => tr.cells[0].textContent)")
+    assert card == ["measured", "tdp"]
+    assert "Price per GPU-hour" in page.text_content("#rates") and "$6.00" in page.text_content("#rates")
+    assert "moderate" in page.text_content("#network")
+    screenshot(page, "job-page.png")
+
+    def download(kind: str) -> str:
+        with page.expect_download() as info:
+            page.click(f"button[data-download='{kind}']")
+        return Path(info.value.path()).read_text()
+
+    (report,) = list(csv.DictReader(io.StringIO(download("report-csv"))))
+    assert list(report) == list(FIELDS) and report["job_id"] == "demo/1001" and float(report["gpu_hours"]) > 0
+    assert json.loads(download("report-json"))["job_id"] == "demo/1001"
+    series = list(csv.DictReader(io.StringIO(download("series-csv"))))
+    assert series and float(series[-1]["cumulative_cost_usd"]) > 0
+    assert json.loads(download("series-json"))["gpu"]["power_w"]
+    assert page.console.unexpected() == []
+
+
+def gpuledger(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_reader_token_sees_only_its_account(browser, page, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'auth.db'}"
+    server = start_server(db_url, None, tmp_path / "server.log", None, "--require-auth")
+    try:
+        node = {"Authorization": f"Bearer {gpuledger('token', 'create', '--node', 'n1', '--db', db_url)}"}
+        reader = gpuledger("token", "create", "--role", "reader", "--account", "nlp", "--db", db_url)
+        now = time.time()
+        for seq, (job, account) in enumerate((("1", "nlp"), ("2", "cv"), ("3", "nlp"))):
+            body = {"node": "n1", "cluster": "c", "datacenter": "dc", "boot_id": "b", "seq": seq, "sent_at_s": now,
+                    "jobs": [{"id": job, "user": f"u{job}", "account": account}],
+                    "intervals": [{"gpu_uuid": f"GPU-{job}", "gpu_index": int(job), "gpu_model": "NVIDIA H100 80GB HBM3",
+                                   "job": job, "start_s": now - 120, "end_s": now - 60, "gpu_seconds": 60.0,
+                                   "busy_gpu_seconds": 30.0, "energy_j": 24000.0, "energy_method": "counter"}]}
+            assert httpx.post(f"{server.url}/v1/ingest", json=body, headers=node, timeout=10).status_code == 200
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#auth:not([hidden])")
+        assert "needs a token" in page.text_content("#auth") and rows(page) == []
+        screenshot(page, "jobs-page-token.png")
+        page.fill("#token-input", reader)
+        page.click("#auth button[type=submit]")
+        wait_polls(page, "#jobs", 1)
+        assert {r["job_id"] for r in rows(page)} == {"c/1", "c/3"}
+        page.reload()  # the token is kept in the browser
+        wait_polls(page, "#jobs", 1)
+        assert {r["job_id"] for r in rows(page)} == {"c/1", "c/3"} and page.is_hidden("#auth")
+        page.goto(f"{server.url}/?account=cv")
+        page.wait_for_selector("#message:not([hidden])")
+        assert "Not allowed with this token" in page.text_content("#message") and "scoped to account 'nlp'" in page.text_content("#message")
+        page.goto(f"{server.url}/jobs/c/2")
+        page.wait_for_selector("#message:not([hidden])")
+        assert "not found" in page.text_content("#message")
+        page.goto(f"{server.url}/jobs/c/1")
+        wait_polls(page, "#job", 1)
+        assert page.is_hidden("#message")
+        assert page.console.unexpected(allowed=EXPECTED_REFUSALS) == []
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=15)
