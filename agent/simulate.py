@@ -27,6 +27,9 @@ _MASK = (1 << 64) - 1
 BANNER = "*** SIMULATED GPUs: these readings come from gpuledger's simulator, not from hardware ***"
 
 
+UPDATES_PER_S = 10  # the simulated GPUs' readings change every 100 ms, like NVML's energy counter
+
+
 def _mix(*values: int) -> int:
     """splitmix64 over several integers: a fast, seedable, stateless hash."""
     x = 0x9E3779B97F4A7C15
@@ -149,7 +152,7 @@ class SimulatedNode:
                 self._reset_energy_j[event.gpu] = self._energy[event.gpu].at(event.at_s)
                 self._counter_base_mj[event.gpu] = 0
         if device.energy_mj is not None:
-            tick_s = math.floor(offset_s * 10) / 10  # the counter updates every 100 ms
+            tick_s = math.floor(offset_s * UPDATES_PER_S) / UPDATES_PER_S  # the counter updates every 100 ms
             since_reset_j = energy.at(tick_s) - self._reset_energy_j[index]
             device.energy_mj = self._counter_base_mj[index] + int(since_reset_j * 1000)
         window_s = min(offset_s, 1.0)  # power reads as the average of the last second
@@ -184,15 +187,15 @@ class _SimNvml(FakeNvml):
     def __init__(self, node: SimulatedNode) -> None:
         super().__init__(node.devices)
         self.node = node
-
-        self._refreshed_at: dict[str, float] = {}
+        self._refreshed_in: dict[str, int] = {}
 
     def _device(self, handle: FakeDevice) -> FakeDevice:
         self._check_init()
-        now_s = self.node.clock.now()
-        if not handle.lost and self._refreshed_at.get(handle.uuid) != now_s:
-            self.node.refresh(handle)  # once per device and instant, like one NVML sample
-            self._refreshed_at[handle.uuid] = now_s
+        # The getters of one sample, microseconds apart on a wall clock, read one state.
+        update = math.floor((self.node.clock.now() - self.node.epoch_s) * UPDATES_PER_S)
+        if not handle.lost and self._refreshed_in.get(handle.uuid) != update:
+            self.node.refresh(handle)
+            self._refreshed_in[handle.uuid] = update
         return super()._device(handle)
 
 

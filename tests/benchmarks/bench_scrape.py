@@ -75,3 +75,11 @@ def _verdict(seconds: float, jobs: int) -> str:
     from common import verdict_max
 
     return verdict_max(seconds, TARGET_WARM_S) if jobs >= 10_000 else "info (quick: fewer jobs)"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from run import print_table
+
+    print_table([run(quick="--quick" in sys.argv)])
