@@ -11,6 +11,7 @@ that a revised rate would lower is held until the job's spend passes it again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -107,10 +108,15 @@ class JobCollector(Collector):
         self._closed: dict[str, _Closed] = {}
         self._intensity_version: tuple[Any, ...] | None = None
         self._last: dict[str, Totals] = {}  # job_id -> the values last exported
+        self._lock = threading.Lock()  # scrapes run in the server's thread pool; the caches are shared
         self.last_scrape_s = 0.0
 
     def read(self) -> tuple[list[JobLine], list[tuple[str, str, int]]]:
         """Each running job's labels and totals, and the job count per (cluster, state)."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> tuple[list[JobLine], list[tuple[str, str, int]]]:
         started = time.perf_counter()
         boundary_s = int(self.clock() // 3600 * 3600) - (OPEN_HOURS - 1) * 3600
         with self.engine.connect() as conn:

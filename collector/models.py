@@ -22,10 +22,13 @@ class IngestedBatch(SQLModel, table=True):
 
 
 class GpuInterval(SQLModel, table=True):
-    """Raw intervals as the agents cut them; reports never read these."""
+    """Raw intervals as the agents cut them; reports never read these, a job's charts read its last hours."""
 
     __tablename__ = "gpu_intervals"
-    __table_args__ = (Index("ix_gpu_intervals_end_s", "end_s"),)
+    __table_args__ = (
+        Index("ix_gpu_intervals_end_s", "end_s"),  # retention
+        Index("ix_gpu_intervals_job_id_end_s", "job_id", "end_s"),  # one job's last hours (api.series_reads)
+    )
     id: int | None = Field(default=None, primary_key=True)
     node: str = Field(max_length=128)
     seq: int = Field(sa_type=BigInteger)
