@@ -69,7 +69,6 @@ class Pusher:
         self.rejected = 0
         self.failures = 0  # consecutive, for the backoff
         self.failed_attempts = 0
-        self.acknowledged = 0
         self.last_success_s: float | None = None  # wall time of the last batch the collector took
         self._clock, self._wall_clock, self._rng = clock, wall_clock, rng or random.Random()
         self._retry_at = float("-inf")
@@ -106,7 +105,6 @@ class Pusher:
                 self.rejected += 1
                 log.error("collector rejected batch seq=%s: %s", batch["seq"], response.text[:500])
             else:
-                self.acknowledged += 1
                 self.last_success_s = self._wall_clock()
             self.queue.ack(batch)
             self.failures = 0
