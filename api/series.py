@@ -3,7 +3,7 @@
 Hours before the last ``FINE_WINDOW_S`` of the job come from the hourly rollups; the last
 hours, while the raw intervals are kept (``[retention] raw_days``), come in buckets of
 ``step_s`` seconds from the raw intervals (``api.series_reads``). Every bucket is priced as a
-report prices an hour (``api.pricing.price``), so the cumulative cost and CO2e end at the
+report prices an hour (``api.pricing.price_sums``), so the cumulative cost and CO2e end at the
 report's totals. Rates are means over the part of the bucket the job spanned:
 ``power_w = gpu_energy_j / covered_s``, ``gpus = gpu_seconds / covered_s``, where
 ``covered_s`` is the bucket clipped to [first seen, last seen]. The newest buckets of a
@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from api import reads, series_reads
 from api.network import verdict
-from api.pricing import UsageRow, price
+from api.pricing import UsageRow, price_sums
 from api.rates import LedgerConfig
 from api.reports import intensity_for
 from collector.models import RUNNING
@@ -98,12 +98,12 @@ def gpu_series(engine: Engine, config: LedgerConfig, job: dict[str, Any], window
     columns: dict[str, list[Any]] = {name: [] for name in GPU_FIELDS}
     cost_usd = co2e_kg = 0.0
     complete_s = complete_until_s(engine, job, window)
+    fixed: dict = {}  # each (datacenter, model)'s fixed rates, looked up once
     for start_s, width_s, rows in buckets:
         lo, hi = _covered(job, start_s, width_s)
         partial = hi > complete_s
-        priced = price(rows, config, job["cluster"], hourly)
-        gpu_seconds, busy_s = sum(r.gpu_seconds for r in rows), sum(r.busy_gpu_seconds for r in rows)
-        energy_j = sum(r.energy_j for r in rows)
+        priced = price_sums(rows, config, job["cluster"], hourly, fixed)
+        gpu_seconds, busy_s, energy_j = priced["gpu_seconds"], priced["busy_gpu_seconds"], priced["energy_j"]
         cost_usd += priced["cost_usd"]
         co2e_kg += priced["co2e_kg"]
         point = {

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import Engine
 
 from api import reads
-from api.auth import ReaderDep, can_see, scoped_account
+from api.auth import Principal, ReaderDep, can_see, scoped_account
 from api.deps import ConfigDep, EngineDep
 from api.network import congestion, network_report
 from api.reports import build_reports, now
@@ -34,13 +35,19 @@ def list_jobs(
     return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
 
 
-@router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
-def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
-    """One job's report, with every rate applied so the arithmetic can be checked."""
+def visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, Any]:
+    """The job's row, or a 404 when it does not exist or the principal may not see it."""
     job = reads.get_job(engine, job_id)
     if job is None or not can_see(principal, job):
         hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
         raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
+    return job
+
+
+@router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
+def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
+    """One job's report, with every rate applied so the arithmetic can be checked."""
+    job = visible_job(engine, job_id, principal)
     (report,) = build_reports(engine, [job], config)
     network = network_report(reads.network(engine, job_id))
     return JobReport(**report, as_of=now(), network=network, network_congestion=None if network is None else network["congestion"])

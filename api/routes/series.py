@@ -7,31 +7,23 @@ import io
 import re
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from sqlalchemy import Engine
 
-from api import reads, series
-from api.auth import Principal, ReaderDep, can_see
+from api import series
+from api.auth import Principal, ReaderDep
 from api.deps import ConfigDep, EngineDep
 from api.rates import LedgerConfig
 from api.report import render
 from api.reports import build_reports, now
-from api.routes.jobs import get_job
+from api.routes.jobs import get_job, visible_job
 from api.schemas import JobSeries
 
 router = APIRouter(tags=["jobs"])
 STEP_HELP = f"Width of the fine buckets in seconds, one of {', '.join(map(str, series.STEPS_S))}; default: chosen for at most {series.MAX_FINE_POINTS} points."
-
-
-def _visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, Any]:
-    job = reads.get_job(engine, job_id)
-    if job is None or not can_see(principal, job):
-        hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
-        raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
-    return job
 
 
 def _checked_step(step_s: int | None) -> int | None:
@@ -41,7 +33,7 @@ def _checked_step(step_s: int | None) -> int | None:
 
 
 def _series(job_id: str, engine: Engine, config: LedgerConfig, principal: Principal, step_s: int | None) -> JobSeries:
-    job = _visible_job(engine, job_id, principal)
+    job = visible_job(engine, job_id, principal)
     window = series.fine_window(job, time.time(), config.retention.raw_days, _checked_step(step_s))
     (report,) = build_reports(engine, [job], config)
     return JobSeries(
