@@ -55,14 +55,20 @@ def job_report(url: str) -> dict:
     return httpx.get(f"{url}/v1/jobs/f/1", timeout=10).json()
 
 
-def deliver(batches: list[dict], url: str, deadline_s: float = 240.0) -> Pusher:
-    pusher = Pusher(url)
-    for batch in batches:
-        pusher.submit(batch)
+def deliver(batches: list[dict], url: str, deadline_s: float = 240.0, released=None) -> Pusher:
+    """Push ``batches`` until all are acknowledged; ``released()``, when given, says how many
+    of them the agent has cut so far (the rest wait their turn)."""
+    pusher, submitted = Pusher(url), 0
     stop = time.monotonic() + deadline_s
-    while not pusher.flush() and time.monotonic() < stop:
+    while time.monotonic() < stop:
+        allowed = len(batches) if released is None else min(released(), len(batches))
+        for batch in batches[submitted:allowed]:
+            pusher.submit(batch)
+        submitted = max(submitted, allowed)
+        if pusher.flush() and submitted == len(batches):
+            break
         time.sleep(0.05)
-    assert not len(pusher.queue), f"{len(pusher.queue)} batches undelivered"
+    assert not len(pusher.queue) and submitted == len(batches), f"{len(batches) - submitted + len(pusher.queue)} batches undelivered"
     return pusher
 
 
@@ -100,7 +106,8 @@ def test_collector_sigkilled_repeatedly_under_load(db_url, tmp_path, epoch):
     thread = threading.Thread(target=killer)
     thread.start()
     try:
-        pusher = deliver(batches, f"http://127.0.0.1:{port}")
+        # a slice of the batches after each kill, so that every kill falls while batches flow
+        pusher = deliver(batches, f"http://127.0.0.1:{port}", released=lambda: len(batches) * (kills + 1) // (KILLS + 1))
     finally:
         done.set()
         thread.join()
