@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -22,10 +22,10 @@ from agent.loop import Agent, NodeLabels, PortSource
 from agent.nvml import NvmlSource, NvmlUnavailable
 from agent.push import Pusher
 from agent.roce import RdmaPorts
-from agent.simnet import SimulatedPorts
+from agent.sim.nics import SimulatedPorts
+from agent.sim.spec import SpecError, load_spec
 from agent.spool import Spool
 from agent.state import CounterState, host_boot_id
-from agent.simspec import SpecError, load_spec
 
 log = logging.getLogger("gpuledger.agent")
 
@@ -53,19 +53,19 @@ def _serve_metrics(agent: Agent, address: str, port: int) -> Any:
 
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
-    token: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
-    node: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_NODE", help="Node name [default: hostname].")] = None,
-    cluster: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped [default: 'default', or the spec's].")] = None,
-    datacenter: Annotated[Optional[str], typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity [default: 'default', or the spec's].")] = None,
+    token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
+    node: Annotated[str | None, typer.Option(envvar="GPULEDGER_NODE", help="Node name [default: hostname].")] = None,
+    cluster: Annotated[str | None, typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped [default: 'default', or the spec's].")] = None,
+    datacenter: Annotated[str | None, typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity [default: 'default', or the spec's].")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
     push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
-    job_mapping_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
+    job_mapping_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
     sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
-    state_dir: Annotated[Optional[Path], typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
     spool_max_mb: Annotated[float, typer.Option(help="Spool size at which its oldest batches are merged into coarser ones (nothing is dropped).")] = 256.0,
-    simulate: Annotated[Optional[Path], typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
-    sim_epoch: Annotated[Optional[float], typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
+    simulate: Annotated[Path | None, typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
+    sim_epoch: Annotated[float | None, typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
     metrics_port: Annotated[int, typer.Option(envvar="GPULEDGER_METRICS_PORT", help="Port of the agent's Prometheus /metrics; 0 turns it off.")] = DEFAULT_PORT,
     metrics_address: Annotated[str, typer.Option(envvar="GPULEDGER_METRICS_ADDRESS", help="Address /metrics listens on.")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -85,7 +85,7 @@ def agent_command(
     sources.append(ProcessOwners(proc_root))
     source: GpuSource
     if simulate is not None:
-        from agent.simulate import SimulatedNode, announce
+        from agent.sim.node import SimulatedNode, announce
 
         try:
             spec = load_spec(simulate)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -210,7 +211,7 @@ class Spool:
 
     def _merge_oldest_pair(self) -> bool:
         entries = list(self._entries.values())
-        for older, newer in zip(entries, entries[1:]):
+        for older, newer in pairwise(entries):
             tag = (older.index, older.version, newer.index, newer.version)
             if older.sent or newer.sent or self._pinned in (older.index, newer.index) or older.key[:2] != newer.key[:2] \
                     or tag in self._unmergeable or older.size + newer.size > MAX_MERGED_BATCH_BYTES:

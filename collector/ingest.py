@@ -130,7 +130,7 @@ def _write_rollups(conn: Connection, batches: list[BatchIn]) -> None:
         set_={name: hours_t.c[name] + stmt.excluded[name] for name in added},
     )
     rows = [
-        {"job_id": job, "hour_s": hour, "datacenter": dc, "gpu_model": model, **dict(zip(added, values))}
+        {"job_id": job, "hour_s": hour, "datacenter": dc, "gpu_model": model, **dict(zip(added, values, strict=True))}
         for (job, hour, dc, model), values in sorted(rollup(batches).items())
     ]
     conn.execute(stmt, rows)

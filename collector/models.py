@@ -27,7 +27,7 @@ class GpuInterval(SQLModel, table=True):
     __tablename__ = "gpu_intervals"
     __table_args__ = (
         Index("ix_gpu_intervals_end_s", "end_s"),  # retention
-        Index("ix_gpu_intervals_job_id_end_s", "job_id", "end_s"),  # one job's last hours (api.series_reads)
+        Index("ix_gpu_intervals_job_id_end_s", "job_id", "end_s"),  # one job's last hours (api.queries.series)
     )
     id: int | None = Field(default=None, primary_key=True)
     node: str = Field(max_length=128)

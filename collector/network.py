@@ -26,7 +26,7 @@ def _network_rows(batches: list[BatchIn]) -> list[dict[str, Any]]:
         for hour, share in split_by_hour(interval.start_s, interval.end_s, values):
             row = rows.setdefault((job, hour, batch.node), _empty_row(job, hour, batch.node))
             row["ports"] = max(row["ports"], interval.ports)
-            for name, value in zip(names, share):
+            for name, value in zip(names, share, strict=True):
                 row[name] = (row[name] or 0.0) + value
             for name in PEAKS:
                 new = getattr(interval, name)

@@ -34,7 +34,7 @@ def split_by_hour(start_s: float, end_s: float, values: list[float]) -> list[tup
     left, result = list(values), []
     for hour, fraction in pieces[:-1]:
         share = [v * fraction for v in values]
-        left = [a - b for a, b in zip(left, share)]
+        left = [a - b for a, b in zip(left, share, strict=True)]
         result.append((hour, share))
     result.append((pieces[-1][0], left))
     return result

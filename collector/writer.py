@@ -64,12 +64,12 @@ class GroupWriter:
             for _, future in group:
                 future.set_exception(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a bad batch, or a bug: it must not stop the writer
+        except Exception as exc:
             if len(group) == 1:
                 group[0][1].set_exception(exc)
             else:
                 for item in group:
                     self._apply([item])
             return
-        for (_, future), result in zip(group, results):
+        for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)

@@ -83,7 +83,7 @@ class Server:
 
 def start_server(db_url: str, config: Path | None, log: Path, port: int | None = None, *extra: str) -> Server:
     port = port or free_port()
-    cmd = [sys.executable, "-m", "api.cli", "server", "--db", db_url, "--port", str(port), "--log-level", "warning", *extra]
+    cmd = [sys.executable, "-m", "api.cli.main", "server", "--db", db_url, "--port", str(port), "--log-level", "warning", *extra]
     if config is not None:
         cmd += ["--config", str(config)]
     process = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT)

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -44,8 +44,8 @@ class RecordedRequest:
     body: bytes
 
 
-Answer = Union[Reply, tuple[int, Any], tuple[int, Any, Mapping[str, str]]]
-Route = Union[Answer, Callable[[RecordedRequest], Answer], Sequence[Any]]
+Answer = Reply | tuple[int, Any] | tuple[int, Any, Mapping[str, str]]
+Route = Answer | Callable[[RecordedRequest], Answer] | Sequence[Any]
 
 
 def _as_reply(answer: Answer) -> Reply:

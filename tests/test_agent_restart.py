@@ -2,18 +2,18 @@
 the downtime, and the job's energy matches the simulator's physics over the whole window."""
 
 import math
-import tomllib
-from datetime import datetime
 import signal
 import subprocess
 import sys
 import time
+import tomllib
+from datetime import datetime
 
 import httpx
 import pytest
 
-from agent.simspec import parse_spec
-from agent.simulate import gpus_of_node
+from agent.sim.node import gpus_of_node
+from agent.sim.spec import parse_spec
 from tests.conftest import BACKENDS
 
 SPEC_TOML = """
@@ -37,7 +37,7 @@ utilization = 0.8
 
 def agent(spec, url, epoch, state_dir) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "agent", "--simulate", str(spec), "--node", "n0", "--collector", url,
+        [sys.executable, "-m", "api.cli.main", "agent", "--simulate", str(spec), "--node", "n0", "--collector", url,
          "--interval", "0.5", "--push-interval", "1", "--sim-epoch", str(epoch), "--state-dir", str(state_dir), "--metrics-port", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

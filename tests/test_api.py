@@ -82,7 +82,7 @@ def test_unknown_job_is_404_with_a_hint(server):
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_report_command_prints_table_json_and_csv(loaded):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "api.cli", "report", *args, "--server", loaded.url],
+        return subprocess.run([sys.executable, "-m", "api.cli.main", "report", *args, "--server", loaded.url],
                               capture_output=True, text=True, timeout=60)
 
     as_json = json.loads(run("c/2", "--format", "json").stdout)
@@ -97,7 +97,7 @@ def test_report_command_prints_table_json_and_csv(loaded):
 
 
 def test_report_command_without_server_says_so():
-    result = subprocess.run([sys.executable, "-m", "api.cli", "report", "c/1", "--server", "http://127.0.0.1:9"],
+    result = subprocess.run([sys.executable, "-m", "api.cli.main", "report", "c/1", "--server", "http://127.0.0.1:9"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "cannot reach the server at http://127.0.0.1:9" in result.stderr
@@ -106,7 +106,7 @@ def test_report_command_without_server_says_so():
 def test_bad_config_names_the_field_and_value(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("[datacenters.dc1]\npue = 0.5\n")
-    result = subprocess.run([sys.executable, "-m", "api.cli", "server", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "api.cli.main", "server", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "datacenters.dc1.pue = 0.5" in result.stderr

@@ -16,13 +16,24 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
-from api import reads
-from api.auth import (
-    AdminDep, AuthSettings, BodySizeLimit, NodeDep, NodeOrAdminDep, ReaderDep, UnscopedReaderDep, account_scope,
-    authorize_ingest, authorize_progress, can_see, require_reader, scoped_account, token_create_command,
-    token_list_command, token_revoke_command,
+from api.cli.tokens import token_create_command, token_list_command, token_revoke_command
+from api.http.auth import (
+    AdminDep,
+    AuthSettings,
+    NodeDep,
+    NodeOrAdminDep,
+    ReaderDep,
+    UnscopedReaderDep,
+    account_scope,
+    authorize_ingest,
+    authorize_progress,
+    can_see,
+    require_reader,
+    scoped_account,
 )
-from api.deps import EngineDep
+from api.http.bodylimit import BodySizeLimit
+from api.http.deps import EngineDep
+from api.queries import jobs as reads
 from collector import tokens
 from collector.db import make_engine
 from collector.models import Job, JobGpu
@@ -228,10 +239,10 @@ def _seed_jobs(engine: Engine) -> None:
     rows = [("c/1", "physics"), ("c/2", "biology"), ("c/3", None)]
     with engine.begin() as conn:
         conn.execute(Job.__table__.insert(), [
-            dict(job_id=job_id, cluster="c", local_id=job_id[2:], account=account, state="running",
-                 first_seen_s=float(n), last_seen_s=float(n)) for n, (job_id, account) in enumerate(rows)
+            {"job_id": job_id, "cluster": "c", "local_id": job_id[2:], "account": account, "state": "running",
+                 "first_seen_s": float(n), "last_seen_s": float(n)} for n, (job_id, account) in enumerate(rows)
         ])
-        conn.execute(JobGpu.__table__.insert(), [dict(job_id="c/1", node="gpu-01", gpu_uuid="GPU-a")])
+        conn.execute(JobGpu.__table__.insert(), [{"job_id": "c/1", "node": "gpu-01", "gpu_uuid": "GPU-a"}])
 
 
 @pytest.fixture
@@ -344,7 +355,7 @@ def test_open_paths_and_auth_off(sqlite_engine):
 
 
 def test_principal_helpers():
-    from api.auth import ANONYMOUS, Principal
+    from api.http.auth import ANONYMOUS, Principal
 
     scoped = Principal("reader", "abc", account="physics")
     assert account_scope(scoped) == "physics" and account_scope(ANONYMOUS) is None

@@ -13,13 +13,13 @@ from agent.clock import ManualClock
 from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
 from agent.push import Pusher
-from agent.simulate import SimulatedNode
+from agent.sim.node import SimulatedNode
 from tests.conftest import BACKENDS, start_server
 from tests.test_faults import SPEC
 
 
 def gpuledger(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, timeout=60)
 
 
 def run_agent(url: str, token: str, epoch: float) -> Pusher:

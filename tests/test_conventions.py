@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from api.conventions import (
+from api.accounting.conventions import (
     Footprint,
     FootprintInput,
     footprint,

@@ -40,7 +40,7 @@ def test_demo_shows_growing_numbers_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     demo = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "demo", "--port", str(port), "--workdir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "api.cli.main", "demo", "--port", str(port), "--workdir", str(tmp_path / "demo")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.attribution import JobMappingDir
-from api.rates import (
+from api.accounting.rates import (
     DEFAULT_EMBODIED_KG_PER_GPU_HOUR,
     DEFAULT_INTENSITY_G_PER_KWH,
     DEFAULT_PRICES,

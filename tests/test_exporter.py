@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.attribution import Attributor, JobRef, Owners
 from agent.clock import ManualClock
 from agent.exporter import agent_registry
-from agent.fakenvml import FakeDevice, FakeNvml
 from agent.gpu import GpuSample
 from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
 from agent.push import Pusher
 from agent.roce import RdmaPorts
+from agent.sim.fakenvml import FakeDevice, FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sysfs"
 XMIT = Path("class/infiniband/mlx4_0/ports/1/counters/port_xmit_data")

@@ -17,8 +17,8 @@ from agent.clock import ManualClock
 from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
 from agent.push import Pusher
-from agent.simspec import parse_spec
-from agent.simulate import SimulatedNode, ground_truth
+from agent.sim.node import SimulatedNode, ground_truth
+from agent.sim.spec import parse_spec
 from tests.conftest import BACKENDS, CollectingPusher, free_port, start_server
 
 NODE = {"gpu_count": 4, "model": "NVIDIA H100 80GB HBM3", "idle_w": 70.0, "busy_w": 650.0, "tdp_w": 700.0}

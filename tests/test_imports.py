@@ -10,7 +10,7 @@ import importlib, pkgutil, sys
 import agent
 for mod in pkgutil.walk_packages(agent.__path__, "agent."):
     importlib.import_module(mod.name)
-import api.cli  # the console script's module, as `gpuledger agent` loads it
+import api.cli.main  # the console script's module, as `gpuledger agent` loads it
 print(" ".join(sorted(m for m in {libs!r} if m in sys.modules)))
 """
 
@@ -21,6 +21,6 @@ def test_agent_imports_no_server_library():
 
 
 def test_probe_detects_a_server_library():
-    probe = PROBE.format(libs=SERVER_LIBS).replace("import api.cli", "import api.app")
+    probe = PROBE.format(libs=SERVER_LIBS).replace("import api.cli.main", "import api.http.app")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "fastapi" in result.stdout.split()

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from collector.ingest import BatchRejected, apply_batch
-from collector.pieces import hour_pieces
 from collector.lifecycle import end_silent_jobs
 from collector.models import GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.pieces import hour_pieces
 from collector.schemas import BatchIn
 from tests.conftest import BACKENDS
 

@@ -24,7 +24,7 @@ from api.intensity import (
     WattTime,
     read_csv,
 )
-from tests.replay_server import RecordedRequest, Reply, ReplayServer
+from tests.replay_server import RecordedRequest, ReplayServer, Reply
 
 LATEST = "/v3/carbon-intensity/latest"
 HISTORY = "/v3/carbon-intensity/history"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from api.accounting.rates import IntensityProvider
 from api.intensity.feeds import refresh
-from api.rates import IntensityProvider
 from tests.conftest import BACKENDS, start_server
 from tests.replay_server import ReplayServer
 
@@ -83,7 +83,7 @@ def test_footprint_conventions_and_model_card(ledger):
     assert row["location_tco2e"] == pytest.approx(840e-6)
     measured = get(ledger.url, "/v1/jobs/c/1/footprint", convention="measured")["rows"][0]
     assert measured["power_w"] == pytest.approx(500.0) and measured["location_tco2e"] == pytest.approx(600e-6)
-    md = subprocess.run([sys.executable, "-m", "api.cli", "report", "c/1", "--convention", "tdp", "--server", ledger.url],
+    md = subprocess.run([sys.executable, "-m", "api.cli.main", "report", "c/1", "--convention", "tdp", "--server", ledger.url],
                         capture_output=True, text=True, timeout=60)
     assert md.returncode == 0, md.stderr
     assert "| GPU type | GPU-hours | Power (W) | PUE |" in md.stdout and "NVIDIA H100 80GB HBM3" in md.stdout
@@ -125,7 +125,7 @@ def test_imported_hourly_intensity_is_used_and_disclosed(ledger, db_url, tmp_pat
     csv = tmp_path / "r1.csv"
     first = datetime.fromtimestamp(HOUR, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     csv.write_text(f"region,start,end,g_per_kwh\nr1,{first},,200\n")
-    result = subprocess.run([sys.executable, "-m", "api.cli", "intensity", "import", str(csv), "--db", db_url],
+    result = subprocess.run([sys.executable, "-m", "api.cli.main", "intensity", "import", str(csv), "--db", db_url],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "1 points -> 1 region-hours stored (r1)" in result.stdout, result.stderr
     report = get(ledger.url, "/v1/jobs/c/1")
@@ -134,7 +134,7 @@ def test_imported_hourly_intensity_is_used_and_disclosed(ledger, db_url, tmp_pat
     assert report["rates"]["intensity_hourly_fraction"] == {"r1": pytest.approx(0.5)}
     bad = tmp_path / "bad.csv"
     bad.write_text("region,start,end,g_per_kwh\nr1,yesterday,,200\n")
-    rejected = subprocess.run([sys.executable, "-m", "api.cli", "intensity", "import", str(bad), "--db", db_url],
+    rejected = subprocess.run([sys.executable, "-m", "api.cli.main", "intensity", "import", str(bad), "--db", db_url],
                               capture_output=True, text=True, timeout=60)
     assert rejected.returncode == 2 and "line 2" in rejected.stderr and "'yesterday'" in rejected.stderr
 
@@ -154,6 +154,6 @@ def test_provider_feed_fills_the_series_and_a_failure_keeps_it(engine):
     with ReplayServer({("GET", "/v3/carbon-intensity/history"): (401, {"error": "bad token"})}) as maps:
         provider = IntensityProvider(kind="electricitymaps", region="de", zone="DE", token="old", base_url=maps.url)
         assert refresh(engine, provider) == 0
-    from api.reads import hourly_intensity
+    from api.queries.jobs import hourly_intensity
 
     assert hourly_intensity(engine, {"de"}, HOUR, HOUR + 3600) == {("de", HOUR): 350.0, ("de", HOUR + 3600): 250.0}

@@ -6,10 +6,10 @@ import pytest
 
 from agent.attribution import Attributor, JobRef, Owners
 from agent.clock import ManualClock
-from agent.fakenvml import FakeDevice, FakeNvml
 from agent.gpu import GpuSample
 from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
+from agent.sim.fakenvml import FakeDevice, FakeNvml
 from tests.conftest import CollectingPusher as Collected
 
 

@@ -28,7 +28,7 @@ def test_empty_database_migrates_to_the_models_schema(db_url):
 
 
 def _gpuledger(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, timeout=60)
 
 
 @BACKENDS

@@ -15,10 +15,10 @@ from agent.network import NetworkCutter, job_shares, node_step
 from agent.nvml import NvmlSource
 from agent.push import Pusher
 from agent.roce import RdmaPorts
-from agent.simnet import NodeTraffic, SimulatedPorts, network_truth
-from agent.simspec import parse_spec
-from agent.simulate import SimulatedNode
-from api.network import verdict
+from agent.sim.nics import NodeTraffic, SimulatedPorts, network_truth
+from agent.sim.node import SimulatedNode
+from agent.sim.spec import parse_spec
+from api.accounting.network import verdict
 from tests.conftest import BACKENDS, CollectingPusher, start_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sysfs"

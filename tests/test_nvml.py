@@ -6,8 +6,8 @@ import sys
 import pynvml
 import pytest
 
-from agent.fakenvml import FakeDevice, FakeNvml
 from agent.nvml import NvmlSource, NvmlUnavailable
+from agent.sim.fakenvml import FakeDevice, FakeNvml
 
 
 def devices(n: int = 3) -> list[FakeDevice]:
@@ -102,7 +102,7 @@ def test_agent_without_nvml_prints_one_line_error():
     except pynvml.NVMLError:
         pass
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "agent", "--collector", "http://127.0.0.1:9"],
+        [sys.executable, "-m", "api.cli.main", "agent", "--collector", "http://127.0.0.1:9"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.forecast import budget_status
-from api.pricing import UsageRow, price
-from api.rates import LedgerConfig
+from api.accounting.forecast import budget_status
+from api.accounting.pricing import UsageRow, price
+from api.accounting.rates import LedgerConfig
 
 H0 = 3600 * 480_000  # an hour start
 MODEL = "NVIDIA H100 80GB HBM3"

@@ -115,7 +115,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("prometheus")
     binary = prometheus_binary()
     api_port, agent_base, prom_port = free_port(), consecutive_free_ports(AGENTS), free_port()
-    demo = start([sys.executable, "-m", "api.cli", "demo", "--port", str(api_port), "--workdir", str(tmp_path / "demo"),
+    demo = start([sys.executable, "-m", "api.cli.main", "demo", "--port", str(api_port), "--workdir", str(tmp_path / "demo"),
                   "--metrics-port", str(agent_base)], tmp_path / "demo.log")
     config = write_config(tmp_path / "prometheus", api_port, agent_base)
     prom = start([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",

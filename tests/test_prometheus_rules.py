@@ -3,8 +3,8 @@ tested firing and quiet, dashboards current with their generator, every query on
 
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import os
 import shutil
 import subprocess

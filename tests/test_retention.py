@@ -4,9 +4,9 @@ import time
 
 from sqlalchemy import func, select
 
-from api.rates import LedgerConfig
-from api.reads import get_job
-from api.reports import build_reports
+from api.accounting.rates import LedgerConfig
+from api.queries.jobs import get_job
+from api.reports.job import build_reports
 from collector.ingest import apply_batch
 from collector.models import GpuInterval, IngestedBatch
 from collector.retention import prune

@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
+from api.accounting.rates import LedgerConfig
+from api.http.app import create_app
 from api.intensity.sources import IntensityPoint
 from api.intensity.store import store
-from api.jobmetrics import JobCollector
-from api.rates import LedgerConfig
+from api.reports.jobmetrics import JobCollector
 from collector.ingest import apply_batch
 from collector.schemas import BatchIn
 from tests.conftest import BACKENDS

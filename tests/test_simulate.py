@@ -14,8 +14,8 @@ from agent.attribution import JobRef
 from agent.clock import ManualClock
 from agent.gpu import GpuSample
 from agent.nvml import NvmlSource
-from agent.simspec import SpecError, load_spec, parse_spec
-from agent.simulate import SimulatedNode, ground_truth, gpus_of_node
+from agent.sim.node import SimulatedNode, gpus_of_node, ground_truth
+from agent.sim.spec import SpecError, load_spec, parse_spec
 
 EPOCH = 1_700_000_000.0
 IDLE_W, BUSY_W = 70.0, 650.0

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.report import FIELDS
-from api.series import FINE_WINDOW_S, MAX_FINE_POINTS, STEPS_S, complete_until_s, fine_window
+from api.reports.render import FIELDS
+from api.reports.series import FINE_WINDOW_S, MAX_FINE_POINTS, STEPS_S, complete_until_s, fine_window
 from tests.conftest import BACKENDS, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_csv_downloads_and_refusals(ledger):
     report = httpx.get(f"{url}/v1/jobs/c/1/report.csv", timeout=10)
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/csv")
     (row,) = list(csv.DictReader(io.StringIO(report.text)))
-    cli = subprocess.run([sys.executable, "-m", "api.cli", "report", "c/1", "--format", "csv", "--server", url],
+    cli = subprocess.run([sys.executable, "-m", "api.cli.main", "report", "c/1", "--format", "csv", "--server", url],
                          capture_output=True, text=True, timeout=60)
     (expected,) = list(csv.DictReader(io.StringIO(cli.stdout)))
     assert list(row) == list(FIELDS) and {k: v for k, v in row.items() if k != "as_of"} == {
@@ -198,7 +198,7 @@ def test_fine_window_follows_the_job_and_the_retention():
 
 
 def gpuledger(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -248,7 +248,7 @@ def test_page_is_self_contained_and_strict():
 
 def test_every_web_file_is_package_data():
     """A non-editable install serves the page too: pyproject's package-data covers every file."""
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["api.web"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["api.http.web"]
     files = {p.relative_to(WEB) for p in WEB.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"}
     covered = {p.relative_to(WEB) for pattern in patterns for p in WEB.glob(pattern) if p.is_file()}
     assert files and files <= covered, sorted(map(str, files - covered))

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.report import FIELDS
+from api.reports.render import FIELDS
 from tests.conftest import free_port, start_server
 
 CHROMIUM = os.environ.get("GPULEDGER_CHROMIUM", "/usr/bin/chromium")
@@ -90,7 +90,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, browser) -> Iterator[str]:  #
     url = f"http://127.0.0.1:{port}"
     workdir = tmp_path_factory.mktemp("demo")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "demo", "--port", str(port), "--workdir", str(workdir / "demo"), "--metrics-port", "0"],
+        [sys.executable, "-m", "api.cli.main", "demo", "--port", str(port), "--workdir", str(workdir / "demo"), "--metrics-port", "0"],
         stdout=(workdir / "demo.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -222,7 +222,7 @@ def test_job_page_draws_every_chart_with_data(demo, page):
 
 
 def gpuledger(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -7,9 +7,9 @@ import time
 
 from sqlalchemy import Engine
 
+from api.accounting.rates import IntensityProvider
 from api.intensity.sources import ElectricityMaps, IntensityPoint, IntensityUnavailable, UkNationalGrid, WattTime
 from api.intensity.store import store
-from api.rates import IntensityProvider
 
 log = logging.getLogger(__name__)
 DAY_S = 86400.0

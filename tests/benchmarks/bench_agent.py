@@ -1,6 +1,6 @@
 """Benchmark 5, agent: CPU and peak RSS of ``gpuledger agent --simulate`` on one 8-GPU node.
 
-Runs ``python -m api.cli agent --simulate SPEC --node N --interval 1 --push-interval 10``
+Runs ``python -m api.cli.main agent --simulate SPEC --node N --interval 1 --push-interval 10``
 against a real ``gpuledger server`` (SQLite) for 85 s (quick: 20 s), and reads
 /proc/<pid>/stat (utime + stime) at 10 s and at the end, and VmHWM (peak RSS) at the end.
 Two agents run side by side (each ~0.5 % of a core, they do not disturb each other):
@@ -29,7 +29,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    PYTHON, REPO, Section, Server, log, new_engine, proc_cpu_s, proc_status_kb, temp_database, verdict_max,
+    PYTHON,
+    REPO,
+    Section,
+    Server,
+    log,
+    new_engine,
+    proc_cpu_s,
+    proc_status_kb,
+    temp_database,
+    verdict_max,
 )
 
 RECORDED_REAL_NVML = (
@@ -49,8 +58,8 @@ NODE_GPUS_ONLY, NODE_ROCE = "node-gpu", "node-roce"
 def roce_in_agent() -> bool:
     """Whether ``agent --simulate`` reads (simulated) RoCE ports in this tree."""
     try:
-        from agent.simspec import NodeSpec
-        import agent.simnet  # noqa: F401
+        import agent.sim.nics  # noqa: F401
+        from agent.sim.spec import NodeSpec
     except ImportError:
         return False
     return "nics" in NodeSpec.__dataclass_fields__
@@ -81,12 +90,12 @@ def spec_toml() -> str:
 
 def bare_costs(cycles: int) -> dict[str, float]:
     """Median microseconds per 1 Hz cycle of the agent's bare reads."""
+    import tomllib
+
     from agent.clock import ManualClock
     from agent.nvml import NvmlSource
-    from agent.simspec import parse_spec
-    from agent.simulate import SimulatedNode
-
-    import tomllib
+    from agent.sim.node import SimulatedNode
+    from agent.sim.spec import parse_spec
 
     spec = parse_spec(tomllib.loads(spec_toml()))
     epoch = 1_700_000_000.0
@@ -106,6 +115,7 @@ def bare_costs(cycles: int) -> dict[str, float]:
     out["nvml_sim"] = statistics.median(times)
 
     import bench_roce
+
     from agent import roce
 
     with tempfile.TemporaryDirectory(prefix="bench_agent_roce_") as tmp:
@@ -122,7 +132,7 @@ def bare_costs(cycles: int) -> dict[str, float]:
         out["roce_sysfs"] = statistics.median(times)
 
     if ROCE_IN_AGENT:
-        from agent.simnet import SimulatedPorts
+        from agent.sim.nics import SimulatedPorts
 
         clock = ManualClock(epoch)
         sim_ports = SimulatedPorts(spec, NODE_ROCE, clock, epoch)
@@ -153,7 +163,7 @@ def run(quick: bool = False) -> Section:
             nodes = [NODE_GPUS_ONLY] + ([NODE_ROCE] if ROCE_IN_AGENT else [])
             agents = {}
             for node in nodes:
-                cmd = [PYTHON, "-m", "api.cli", "agent", "--simulate", str(spec), "--node", node,
+                cmd = [PYTHON, "-m", "api.cli.main", "agent", "--simulate", str(spec), "--node", node,
                        "--collector", server.url, "--interval", "1", "--push-interval", "10", "--log-level", "warning", "--metrics-port", "0"]
                 agents[node] = subprocess.Popen(cmd, cwd=REPO, stdout=(Path(tmp) / f"{node}.log").open("w"),
                                                 stderr=subprocess.STDOUT)

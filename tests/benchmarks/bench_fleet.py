@@ -18,8 +18,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    GPUS_PER_NODE, Section, Server, backends, base_time, log, new_engine, postgres_cpu_delta, postgres_cpu_s,
-    run_client, temp_database, verdict_min,
+    GPUS_PER_NODE,
+    Section,
+    Server,
+    backends,
+    base_time,
+    log,
+    new_engine,
+    postgres_cpu_delta,
+    postgres_cpu_s,
+    run_client,
+    temp_database,
+    verdict_min,
 )
 
 NODES = 2048

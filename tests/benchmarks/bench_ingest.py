@@ -22,8 +22,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    Section, Server, backends, base_time, batch_set, batches_carry_network, fmt_rate, interval_rows, log, new_engine,
-    postgres_cpu_delta, postgres_cpu_s, run_client, temp_database, verdict_min,
+    Section,
+    Server,
+    backends,
+    base_time,
+    batch_set,
+    batches_carry_network,
+    fmt_rate,
+    interval_rows,
+    log,
+    new_engine,
+    postgres_cpu_delta,
+    postgres_cpu_s,
+    run_client,
+    temp_database,
+    verdict_min,
 )
 
 TARGET_RATE = 100_000

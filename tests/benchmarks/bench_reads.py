@@ -22,7 +22,16 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    CLUSTER, GPU_MODEL, Section, Server, backends, log, new_engine, node_name, run_client, temp_database,
+    CLUSTER,
+    GPU_MODEL,
+    Section,
+    Server,
+    backends,
+    log,
+    new_engine,
+    node_name,
+    run_client,
+    temp_database,
     verdict_max,
 )
 

@@ -48,9 +48,10 @@ def scrape_s(jobs) -> tuple[float, int]:  # noqa: ANN001
 
 
 def run(quick: bool = False) -> Section:
-    from api.jobmetrics import JobCollector
-    from api.rates import LedgerConfig
     from common import backends
+
+    from api.accounting.rates import LedgerConfig
+    from api.reports.jobmetrics import JobCollector
 
     section = Section("scrape")
     jobs = 2_000 if quick else 10_000

@@ -23,8 +23,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    CLUSTER, DATACENTER, GPU_MODEL, GPUS_PER_NODE, Section, backends, base_time, interval_rows, log, new_engine,
-    node_batch, temp_database,
+    CLUSTER,
+    DATACENTER,
+    GPU_MODEL,
+    GPUS_PER_NODE,
+    Section,
+    backends,
+    base_time,
+    interval_rows,
+    log,
+    new_engine,
+    node_batch,
+    temp_database,
 )
 
 INTERVALS_PER_GPU_DAY = 8640
@@ -41,7 +51,7 @@ def table_bytes(engine) -> dict[str, int]:  # noqa: ANN001
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            indexes = {name: tbl for name, tbl in conn.execute(text("SELECT name, tbl_name FROM sqlite_schema WHERE type='index'"))}
+            indexes = dict(conn.execute(text("SELECT name, tbl_name FROM sqlite_schema WHERE type='index'")))
             for name, size in conn.execute(text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")):
                 owner = indexes.get(name, name)
                 sizes[owner] = sizes.get(owner, 0) + int(size)

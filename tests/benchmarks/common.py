@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark suite (plain scripts, not collected by pytest).
 
 Databases: every benchmark makes its own (``temp_database``) and drops it at the end.
-Servers: ``start_server`` runs ``python -m api.cli server`` in a subprocess, as in
+Servers: ``start_server`` runs ``python -m api.cli.main server`` in a subprocess, as in
 production, and waits for /healthz. CPU and memory come from /proc.
 Batches: ``node_batch`` synthesises what an agent sends for one node, fast enough to
 generate a 16,384-GPU fleet's traffic in a second.
@@ -256,7 +256,7 @@ class Server:
                 raise
             # The code changed under the suite (a new migration since the database was made):
             # upgrade the way production would, then start again.
-            subprocess.run([PYTHON, "-m", "api.cli", "db", "upgrade", "--db", db_url], cwd=REPO, check=True,
+            subprocess.run([PYTHON, "-m", "api.cli.main", "db", "upgrade", "--db", db_url], cwd=REPO, check=True,
                            capture_output=True)
             log(f"server: schema upgraded to the code's revision ({db_url.rsplit('/', 1)[-1]})")
             self._start(db_url, log_path)
@@ -267,7 +267,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        cmd = [PYTHON, "-m", "api.cli", "server", "--db", db_url, "--port", str(self.port), "--log-level", "warning"]
+        cmd = [PYTHON, "-m", "api.cli.main", "server", "--db", db_url, "--port", str(self.port), "--log-level", "warning"]
         self.process = subprocess.Popen(cmd, cwd=REPO, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

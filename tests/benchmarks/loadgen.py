@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-
 from common import batch_set, percentile  # noqa: E402
 
 HEADERS = {"content-type": "application/json"}

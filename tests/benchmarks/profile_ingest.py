@@ -30,7 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    PYTHON, Server, base_time, batch_set, new_engine, run_client, temp_database,
+    PYTHON,
+    Server,
+    base_time,
+    batch_set,
+    new_engine,
+    run_client,
+    temp_database,
 )
 
 PACKAGES = ("sqlalchemy", "pydantic_core", "pydantic", "fastapi", "starlette", "uvicorn", "h11", "anyio", "httpx",

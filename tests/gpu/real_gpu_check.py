@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpuledger-gpu-check")))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "api.cli"]
+    cli = [sys.executable, "-m", "api.cli.main"]
     url = "http://127.0.0.1:18080"
     server = subprocess.Popen([*cli, "server", "--db", f"sqlite:///{args.out}/ledger.db", "--port", "18080",
                                "--log-level", "warning"], stdout=(args.out / "server.log").open("w"), stderr=subprocess.STDOUT)

@@ -92,7 +92,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gpuledger-load-"))
     db = args.db or f"sqlite:///{tmp / 'load.db'}"
     url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "server", "--db", db, "--port", str(args.port),
+    server = subprocess.Popen([sys.executable, "-m", "api.cli.main", "server", "--db", db, "--port", str(args.port),
                                "--log-level", "warning"], stdout=(tmp / "server.log").open("w"), stderr=subprocess.STDOUT)
     for _ in range(100):
         try:

@@ -1,0 +1,180 @@
+"""Turn stored physics (GPU-seconds, joules) into a report, hour by hour.
+
+For each hourly rollup h of datacenter d and GPU model m:
+
+    gpu_hours           = gpu_seconds / 3600
+    energy_kwh          = energy_j / 3.6e6 + gpu_hours × node_overhead_w(d) / gpus_per_node(d) / 1000
+    facility_energy_kwh = energy_kwh × PUE(d, h)
+    co2e_kg             = facility_energy_kwh × intensity(region(d), h) / 1000      (location-based)
+    market_co2e_kg      = facility_energy_kwh × market_g_per_kwh(d) / 1000           (if configured)
+    cost_usd            = gpu_hours × usd_per_gpu_hour(m, cluster, h)                (rate card or list)
+                        | gpu_hours × capex / (lifetime × 8760 × utilisation) + facility_energy_kwh × usd_per_kwh(d)   (TCO)
+    embodied_co2e_kg    = gpu_hours × embodied_kg_per_gpu_hour(m)
+
+intensity(region, h) is the hourly series where the database has that hour, else the
+region's static figure; the report says which share of the energy each priced.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from api.accounting.rates import Datacenter, LedgerConfig, Tco
+
+TOTALS = ("gpu_hours", "busy_gpu_hours", "gpu_energy_kwh", "overhead_energy_kwh", "energy_kwh",
+          "facility_energy_kwh", "cost_usd", "co2e_kg", "embodied_co2e_kg")
+Hourly = Mapping[tuple[str, int], float]  # (region, hour_s) -> gCO2e/kWh
+Applied = dict[tuple[str, str], set[float]]  # (kind, key) -> the rates applied
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """A job's rollup for one hour, datacenter and GPU model."""
+
+    hour_s: int
+    datacenter: str
+    gpu_model: str
+    gpu_seconds: float
+    busy_gpu_seconds: float
+    energy_j: float
+    energy_counter_j: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """The rates of one (datacenter, GPU model) that do not change from hour to hour."""
+
+    dc: Datacenter
+    tco: Tco | None
+    embodied_kg_per_gpu_hour: float
+    static_intensity: float
+
+
+def _fixed(config: LedgerConfig, datacenter: str, gpu_model: str) -> _Fixed:
+    dc = config.datacenter(datacenter)
+    return _Fixed(dc, config.tco_for(gpu_model), config.embodied_kg(gpu_model), config.intensity(dc.region))
+
+
+def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hourly: Hourly, applied: Applied) -> dict[str, Any]:
+    dc, tco = fixed.dc, fixed.tco
+    gpu_hours = row.gpu_seconds / 3600
+    gpu_kwh = row.energy_j / 3.6e6
+    overhead_kwh = gpu_hours * dc.node_overhead_w / dc.gpus_per_node / 1000
+    pue = dc.pue_at(row.hour_s)
+    facility_kwh = (gpu_kwh + overhead_kwh) * pue
+    series = hourly.get((dc.region, row.hour_s))
+    intensity = series if series is not None else fixed.static_intensity
+    if tco is not None:
+        usd_rate = tco.usd_per_gpu_hour
+        cost = gpu_hours * usd_rate + facility_kwh * dc.usd_per_kwh
+    else:
+        usd_rate = config.price_usd_per_gpu_hour(row.gpu_model, cluster, row.hour_s)
+        cost = gpu_hours * usd_rate
+    applied[("usd", row.gpu_model)].add(usd_rate)
+    applied[("pue", row.datacenter)].add(pue)
+    applied[("intensity", dc.region)].add(intensity)
+    return {
+        "gpu_seconds": row.gpu_seconds, "busy_gpu_seconds": row.busy_gpu_seconds, "energy_j": row.energy_j,
+        "overhead_energy_kwh": overhead_kwh,
+        "facility_energy_kwh": facility_kwh, "cost_usd": cost, "co2e_kg": facility_kwh * intensity / 1000,
+        "market_co2e_kg": None if dc.market_g_per_kwh is None else facility_kwh * dc.market_g_per_kwh / 1000,
+        "embodied_co2e_kg": gpu_hours * fixed.embodied_kg_per_gpu_hour,
+        "hourly_facility_kwh": facility_kwh if series is not None else 0.0,
+    }
+
+
+SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg")
+
+
+def price_sums(
+    rows: list[UsageRow], config: LedgerConfig, cluster: str, hourly: Hourly, fixed: dict[tuple[str, str], _Fixed]
+) -> dict[str, float]:
+    """Only the summed physics, cost and CO2e of ``rows`` (no breakdown, no rates): for /metrics.
+    ``fixed`` caches each (datacenter, model)'s fixed rates across calls."""
+    sums = dict.fromkeys(SUMMED, 0.0)
+    applied: Applied = defaultdict(set)
+    for row in rows:
+        key = (row.datacenter, row.gpu_model)
+        if key not in fixed:
+            fixed[key] = _fixed(config, *key)
+        hour = _hour(row, fixed[key], config, cluster, hourly, applied)
+        for name in SUMMED:
+            sums[name] += hour[name]
+    return sums
+
+
+def _add(into: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if value is None:
+            into.setdefault(key, None)
+        else:
+            into[key] = (into.get(key) or 0.0) + value
+
+
+def _derive(part: dict[str, Any]) -> dict[str, Any]:
+    """Hours and kWh from the summed seconds and joules: exact sums, one division."""
+    gpu_kwh = part["energy_j"] / 3.6e6
+    return part | {
+        "gpu_hours": part["gpu_seconds"] / 3600, "busy_gpu_hours": part["busy_gpu_seconds"] / 3600,
+        "gpu_energy_kwh": gpu_kwh, "energy_kwh": gpu_kwh + part["overhead_energy_kwh"],
+    }
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _rate(applied: Applied, kind: str, key: str, num: float, den: float) -> float | None:
+    """The one rate applied, or when it changed over the hours, the effective one (num / den)."""
+    rates = applied.get((kind, key), set())
+    return next(iter(rates)) if len(rates) == 1 else _ratio(num, den)
+
+
+def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly: Hourly | None = None) -> dict[str, Any]:
+    """Totals, the breakdown per (datacenter, model), and the effective rate of every kind applied."""
+    hourly = hourly or {}
+    parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    applied: Applied = defaultdict(set)
+    counter_j = energy_j = 0.0
+    fixed: dict[tuple[str, str], _Fixed] = {}
+    for row in rows:
+        key = (row.datacenter, row.gpu_model)
+        if key not in fixed:
+            fixed[key] = _fixed(config, *key)
+        _add(parts[key], _hour(row, fixed[key], config, cluster, hourly, applied))
+        counter_j += row.energy_counter_j
+        energy_j += row.energy_j
+    totals: dict[str, Any] = dict.fromkeys(TOTALS, 0.0)
+    totals["market_co2e_kg"] = None
+    by_region: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # facility, co2e, hourly kWh
+    rates: dict[str, dict[str, Any]] = {k: {} for k in (
+        "usd_per_gpu_hour", "cost_method", "embodied_kg_per_gpu_hour", "pue", "region", "market_g_per_kwh",
+        "node_overhead_w", "grid_intensity_g_per_kwh", "intensity_hourly_fraction")}
+    breakdown = []
+    raw = dict.fromkeys(("gpu_seconds", "busy_gpu_seconds", "energy_j", "overhead_energy_kwh"), 0.0)
+    for (dc_name, model), part in sorted(parts.items()):
+        part = _derive(part)
+        _add(raw, {k: part[k] for k in raw})
+        _add(totals, {k: part[k] for k in (*TOTALS, "market_co2e_kg")})
+        dc = config.datacenter(dc_name)
+        region = by_region[dc.region]
+        region[0] += part["facility_energy_kwh"]
+        region[1] += part["co2e_kg"]
+        region[2] += part["hourly_facility_kwh"]
+        rates["usd_per_gpu_hour"][model] = _rate(applied, "usd", model, part["cost_usd"], part["gpu_hours"])
+        rates["cost_method"][model] = "tco" if config.tco_for(model) else ("rate_card" if config.rate_cards else "list")
+        rates["embodied_kg_per_gpu_hour"][model] = config.embodied_kg(model)
+        rates["pue"][dc_name] = _rate(applied, "pue", dc_name, part["facility_energy_kwh"], part["energy_kwh"]) or dc.pue
+        rates["region"][dc_name] = dc.region
+        rates["market_g_per_kwh"][dc_name] = dc.market_g_per_kwh
+        rates["node_overhead_w"][dc_name] = dc.node_overhead_w
+        breakdown.append({"datacenter": dc_name, "gpu_model": model, **{k: part[k] for k in (*TOTALS, "market_co2e_kg")}})
+    for name, (facility, co2e, hourly_kwh) in by_region.items():
+        rates["grid_intensity_g_per_kwh"][name] = _rate(applied, "intensity", name, co2e * 1000, facility) or config.intensity(name)
+        rates["intensity_hourly_fraction"][name] = _ratio(hourly_kwh, facility) or 0.0
+    totals.update({k: v for k, v in _derive(raw).items() if k in TOTALS})  # exact: from summed seconds and joules
+    totals["energy_measured_fraction"] = counter_j / energy_j if energy_j > 0 else None
+    return {**totals, "rates": rates, "breakdown": breakdown}

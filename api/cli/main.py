@@ -1,0 +1,200 @@
+"""The ``gpuledger`` command. Server-side modules are imported only by the commands that
+need them, so ``gpuledger agent`` runs on a GPU node without FastAPI or SQLAlchemy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import prometheus_client
+import typer
+
+from agent.cli import agent_command
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Live GPU-hours, energy, dollars and CO2e per training job.",
+)
+app.command("agent")(agent_command)
+
+
+@app.command()
+def server(
+    db: Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL: sqlite:///FILE or postgresql+psycopg://…")] = "sqlite:///gpuledger.db",
+    config: Annotated[Path | None, typer.Option(envvar="GPULEDGER_CONFIG", help="TOML file with rates and job settings.")] = None,
+    host: Annotated[str, typer.Option(envvar="GPULEDGER_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="GPULEDGER_PORT")] = 8080,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ssl_certfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_CERTFILE", help="Serve HTTPS with this certificate (PEM) [uvicorn's --ssl-certfile].")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM).")] = None,
+    open_paths: Annotated[str, typer.Option(envvar="GPULEDGER_OPEN_PATHS", help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
+    require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
+) -> None:
+    """Run the collector and the API."""
+    import uvicorn
+
+    from api.accounting.rates import ConfigError, load_config
+    from api.http.app import create_app
+    from api.http.auth import AuthSettings
+    from collector.db import make_engine
+    from collector.schema import SchemaOutdated, prepare
+
+    try:
+        ledger_config = load_config(config)
+        engine = make_engine(db)
+        typer.echo(f"gpuledger server: {db}: {prepare(engine, db)}", err=True)
+    except (ConfigError, SchemaOutdated, ValueError) as exc:
+        typer.echo(f"gpuledger server: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not require_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"gpuledger server: warning: listening on {host} without --require-auth: anyone who can reach it can ingest and set budgets", err=True)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        typer.echo("gpuledger server: error: --ssl-certfile and --ssl-keyfile go together", err=True)
+        raise typer.Exit(2)
+    tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
+    auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
+    app_ = create_app(engine, ledger_config, auth=auth)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
+app.add_typer(db_app, name="db")
+DbOption = Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL.")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = "sqlite:///gpuledger.db", revision: str = "head") -> None:
+    """Migrate the database schema to REVISION (default: the newest)."""
+    from collector.db import make_engine
+    from collector.schema import current_revision, upgrade
+
+    engine = make_engine(db)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    typer.echo(f"{db}: schema {before or 'empty'} -> {current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current(db: DbOption = "sqlite:///gpuledger.db") -> None:
+    """Print the database's schema revision and the one this code needs."""
+    from collector.db import make_engine
+    from collector.schema import current_revision, head_revision
+
+    typer.echo(f"{db}: schema {current_revision(make_engine(db)) or 'empty'}; this gpuledger needs {head_revision()}")
+
+
+@app.command()
+def report(
+    job: Annotated[str, typer.Argument(help="Job id, cluster-scoped: <cluster>/<job id>.")],
+    server: Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="Server base URL.")] = "http://127.0.0.1:8080",
+    format: Annotated[str | None, typer.Option("--format", "-f", help="table, json or csv [default: table]; with --convention: md or json [default: md].")] = None,
+    convention: Annotated[str | None, typer.Option(help="measured or tdp: a model-card style footprint table.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A reader token, when the server requires one.")] = None,
+) -> None:
+    """Print one job's GPU-hours, energy, cost and CO2e, or its model-card footprint."""
+    import json
+
+    from api.reports.render import ReportError, fetch, render
+
+    formats = ("md", "json") if convention else ("table", "json", "csv")
+    format = format or formats[0]
+    if format not in formats or (convention and convention not in ("measured", "tdp")):
+        what = f"--convention {convention!r}: expected measured or tdp" if format in formats else f"--format {format!r}: expected {' or '.join(formats)}"
+        typer.echo(f"gpuledger report: error: {what}", err=True)
+        raise typer.Exit(2)
+    try:
+        if convention:
+            body = fetch(server, job, token, suffix=f"/footprint?convention={convention}")
+            typer.echo(body["markdown"] if format == "md" else json.dumps(body, indent=2))
+        else:
+            typer.echo(render(fetch(server, job, token), format))
+    except ReportError as exc:
+        typer.echo(f"gpuledger report: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
+    workdir: Annotated[Path, typer.Option(help="Where the demo's SQLite file lives.")] = Path(".gpuledger-demo"),
+    metrics_port: Annotated[int, typer.Option(help="The simulated agents' /metrics listen on this port and the next ones; 0 turns them off.")] = 9410,
+) -> None:
+    """Server on SQLite plus a simulated 4-node cluster, in one process group; Ctrl-C stops all."""
+    from api.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(port, workdir, metrics_port))
+
+
+intensity_app = typer.Typer(no_args_is_help=True, help="Grid carbon-intensity series.")
+app.add_typer(intensity_app, name="intensity")
+
+
+@intensity_app.command("import")
+def intensity_import(
+    csv_file: Annotated[Path, typer.Argument(help="CSV with header region,start,end,g_per_kwh (ISO 8601 times).")],
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Import an hourly (or finer) intensity series; reports use it for the hours it covers."""
+    import time
+
+    from api.intensity import read_csv
+    from api.intensity.store import store
+    from collector.db import make_engine
+    from collector.schema import SchemaOutdated, prepare
+
+    try:
+        points = read_csv(csv_file)
+        engine = make_engine(db)
+        prepare(engine, db)
+    except (OSError, ValueError, SchemaOutdated) as exc:
+        typer.echo(f"gpuledger intensity import: error: {csv_file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    hours = store(engine, points, time.time())
+    regions = sorted({p.region for p in points})
+    typer.echo(f"{len(points)} points -> {hours} region-hours stored ({', '.join(regions)})")
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens for agents (node), readers and admins.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    node: Annotated[str | None, typer.Option(help="Node name: a token for that node's agent.")] = None,
+    role: Annotated[str | None, typer.Option(help="reader or admin")] = None,
+    account: Annotated[str | None, typer.Option(help="Reader tokens only: see only this account's jobs.")] = None,
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Create a token (--node NAME, or --role reader|admin [--account A]) and print it, once."""
+    from api.cli.tokens import token_create_command
+
+    token_create_command(node=node, role=role, account=account, db=db)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (or the whole token).")],
+    db: DbOption = "sqlite:///gpuledger.db",
+) -> None:
+    """Revoke a token; servers stop accepting it within a minute."""
+    from api.cli.tokens import token_revoke_command
+
+    token_revoke_command(token_id=token_id, db=db)
+
+
+@token_app.command("list")
+def token_list(db: DbOption = "sqlite:///gpuledger.db") -> None:
+    """List tokens: ids, kinds, scopes; never secrets."""
+    from api.cli.tokens import token_list_command
+
+    token_list_command(db=db)
+
+
+def main() -> None:
+    # Counters without their `_created` twin series: Prometheus' text format does not need them.
+    prometheus_client.disable_created_metrics()
+    app()
+
+
+if __name__ == "__main__":
+    main()

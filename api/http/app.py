@@ -1,0 +1,85 @@
+"""The server application: ingest, reports, health; periodic work on APScheduler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import Depends, FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import Engine, text
+
+from agent import __version__
+from api.accounting.rates import LedgerConfig
+from api.http import errors
+from api.http.auth import AuthSettings, require_reader
+from api.http.bodylimit import BodySizeLimit
+from api.http.deps import EngineDep
+from api.http.routes import ingest, jobs, ledger, series, usage
+from api.http.web.routes import install as install_web
+from api.intensity.feeds import refresh
+from api.reports.budgets import BudgetCollector
+from api.reports.jobmetrics import JobCollector
+from collector.lifecycle import end_silent_jobs
+from collector.retention import prune
+from collector.stats import IngestStats
+from collector.writer import GroupWriter
+
+
+def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, auth: AuthSettings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.writer.start()
+        sched = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+        if scheduler:
+            sched.add_job(
+                lambda: end_silent_jobs(engine, time.time(), config.jobs.silence_s),
+                "interval", seconds=config.jobs.sweep_interval_s, id="end_silent_jobs",
+            )
+            sched.add_job(
+                lambda: prune(engine, time.time(), config.retention.raw_days),
+                "interval", seconds=config.retention.prune_interval_s, id="prune_raw_intervals",
+            )
+            for n, provider in enumerate(config.intensity_providers):
+                sched.add_job(refresh, "interval", args=(engine, provider), seconds=provider.interval_s,
+                              id=f"intensity_{n}_{provider.kind}", next_run_time=datetime.now(UTC))
+            sched.start()
+        yield
+        if sched.running:
+            sched.shutdown(wait=False)
+        app.state.writer.close()
+
+    app = FastAPI(title="gpuledger", version=__version__, lifespan=lifespan,
+                  description="Live GPU-hours, energy, dollars and CO2e per training job.")
+    app.state.engine, app.state.config = engine, config
+    app.state.auth = auth or AuthSettings()
+    app.state.writer = GroupWriter(engine)
+    app.add_middleware(BodySizeLimit)
+    errors.install(app)
+    app.include_router(ingest.router)
+    app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
+    app.include_router(series.router)  # before jobs, as ledger
+    app.include_router(jobs.router)
+    app.include_router(usage.router)
+    install_web(app)  # the web page at /, its files under /static
+    registry = CollectorRegistry(auto_describe=False)
+    app.state.ingest_stats = IngestStats(registry)
+    registry.register(BudgetCollector(engine, config))
+    job_metrics = JobCollector(engine, config)  # writes its own exposition: see api.reports.jobmetrics
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
+    def metrics() -> PlainTextResponse:
+        body = generate_latest(registry) + job_metrics.exposition().encode()
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(require_reader)])
+    def healthz(engine: EngineDep) -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import Engine
+
+from api.accounting.network import congestion, network_report
+from api.http.auth import Principal, ReaderDep, can_see, scoped_account
+from api.http.deps import ConfigDep, EngineDep
+from api.http.schemas import JobPage, JobReport
+from api.queries import jobs as reads
+from api.reports.job import build_reports, now
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/v1/jobs", response_model=JobPage)
+def list_jobs(
+    engine: EngineDep,
+    config: ConfigDep,
+    principal: ReaderDep,
+    state: Literal["running", "ended"] | None = None,
+    user: str | None = None,
+    account: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first, with live totals."""
+    jobs, total = reads.list_jobs(engine, state=state, user=user, account=scoped_account(principal, account), limit=limit, offset=offset)
+    items = build_reports(engine, jobs, config)
+    networks = reads.network_by_job(engine, [job["job_id"] for job in jobs])
+    for item in items:
+        item["network_congestion"] = congestion(networks.get(item["job_id"], []))
+    return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
+
+
+def visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, Any]:
+    """The job's row, or a 404 when it does not exist or the principal may not see it."""
+    job = reads.get_job(engine, job_id)
+    if job is None or not can_see(principal, job):
+        hint = "" if "/" in job_id else "; job ids are cluster-scoped: <cluster>/<job id>"
+        raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found{hint}")
+    return job
+
+
+@router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
+def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
+    """One job's report, with every rate applied so the arithmetic can be checked."""
+    job = visible_job(engine, job_id, principal)
+    (report,) = build_reports(engine, [job], config)
+    network = network_report(reads.network(engine, job_id))
+    return JobReport(**report, as_of=now(), network=network, network_congestion=None if network is None else network["congestion"])

@@ -1,0 +1,1 @@
+"""gpuledger's own web page, served by ``gpuledger server``; see ``api.http.web.routes``."""

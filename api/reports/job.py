@@ -1,0 +1,47 @@
+"""Assemble job reports from the jobs table, the rollups and the rate tables."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from api.accounting.forecast import budget_status
+from api.accounting.pricing import UsageRow, price
+from api.accounting.rates import LedgerConfig
+from api.queries import jobs as reads
+
+
+def _at(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def intensity_for(engine: Engine, rows: list[UsageRow], config: LedgerConfig) -> dict[tuple[str, int], float]:
+    """The hourly intensity series the rows need, in one query."""
+    if not rows:
+        return {}
+    regions = {config.datacenter(row.datacenter).region for row in rows}
+    return reads.hourly_intensity(engine, regions, min(r.hour_s for r in rows), max(r.hour_s for r in rows))
+
+
+def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConfig) -> list[dict[str, Any]]:
+    ids = [job["job_id"] for job in jobs]
+    usage, placement = reads.usage(engine, ids), reads.placement(engine, ids)
+    hourly = intensity_for(engine, [row for rows in usage.values() for row in rows], config)
+    reports = []
+    for job in jobs:
+        nodes, gpus = placement.get(job["job_id"], (0, 0))
+        priced = price(usage.get(job["job_id"], []), config, job["cluster"], hourly)
+        reports.append({
+            "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
+            "account": job["account"], "state": job["state"], "started_at": _at(job["first_seen_s"]),
+            "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
+            "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),
+        })
+    return reports
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,1 +1,0 @@
-"""gpuledger's own web page, served by ``gpuledger server``; see ``api.web.routes``."""
