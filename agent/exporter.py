@@ -136,6 +136,12 @@ class AgentCollector(Collector):
         errors = getattr(agent.source, "errors", None)
         if errors is not None:
             yield _one(CounterMetricFamily, "gpuledger_agent_nvml_errors", "NVML calls that failed", node, errors)
+        health = getattr(agent, "state_health", None)
+        if health is not None:
+            yield _one(GaugeMetricFamily, "gpuledger_agent_state_degraded", "1 while the state directory cannot be "
+                       "written (full or read-only): batches wait in memory", node, float(health.degraded))
+            yield _one(CounterMetricFamily, "gpuledger_agent_state_write_failures", "Writes to the state directory that "
+                       "failed", node, health.write_failures)
         yield _one(GaugeMetricFamily, "gpuledger_agent_gpus_lost", "GPUs fallen off the bus", node, agent.snapshot.gpus_lost)
         yield _one(GaugeMetricFamily, "gpuledger_agent_spool_batches", "Batches waiting for the collector", node, len(queue))
         spool_bytes = getattr(queue, "bytes", None)
