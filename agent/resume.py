@@ -73,14 +73,16 @@ def estimated_gap(before: SavedGpu, cur: GpuSample, epoch: str | None) -> list[G
             return [(before.time_s, gap_s, 0.0, NONE)]
         log.warning("GPU %s: %g s gap estimated from power (%.1f W, %s)", before.uuid, gap_s, power_w, POWER_GAP)
         return [(before.time_s, gap_s, power_w * gap_s, POWER_GAP)]
-    measured_s = gap_s if not power_w else min(gap_s, since_reset_j / power_w)
-    estimated_s = gap_s - measured_s
+    # The reset's estimated time, as a timestamp first: both parts' spans are then exact differences
+    # of timestamps (the collector checks gpu_seconds against end_s - start_s).
+    reset_s = cur.time_s - (gap_s if not power_w else min(gap_s, since_reset_j / power_w))
+    estimated_s, measured_s = reset_s - before.time_s, cur.time_s - reset_s
     log.warning("GPU %s: the energy counter reset during the %g s gap: %.1f J measured since the reset, %g s before it "
                 "estimated from power (%s)", before.uuid, gap_s, since_reset_j, estimated_s, POWER_GAP)
     parts: list[GapPart] = []
     if estimated_s > 0 and power_w is not None:
         parts.append((before.time_s, estimated_s, power_w * estimated_s, POWER_GAP))
-    parts.append((before.time_s + estimated_s, measured_s, since_reset_j, COUNTER_GAP))
+    parts.append((reset_s, measured_s, since_reset_j, COUNTER_GAP))
     return parts
 
 

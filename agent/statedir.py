@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,13 @@ class StateHealth:
     """Shared by the spool wrapper and the counter state: is the state directory usable?"""
 
     directory: Path
-    degraded: bool = False
     write_failures: int = 0
+    failing: dict[str, bool] = field(default_factory=dict)  # per kind of write: did the last one fail?
+    warned: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        return any(self.failing.values())
 
     @property
     def marker(self) -> Path:
@@ -81,17 +86,16 @@ class StateHealth:
 
     def failed(self, what: str, exc: OSError) -> None:
         self.write_failures += 1
-        if not self.degraded:
+        self.failing[what] = True
+        if not self.warned:
+            self.warned = True
             log.warning("state directory %s: cannot %s (%s); running from memory: batches wait in memory and a "
                         "restart may lose the time since the last saved reading (never counted twice). "
                         "Metric gpuledger_agent_state_degraded is 1 until a write succeeds again.",
                         self.directory, what, exc.strerror or exc)
-        self.degraded = True
 
-    def succeeded(self) -> None:
-        if self.degraded:
-            log.warning("state directory %s is writable again", self.directory)
-        self.degraded = False
+    def succeeded(self, what: str) -> None:
+        self.failing[what] = False
 
 
 class FallbackStore:
@@ -109,7 +113,7 @@ class FallbackStore:
             self.health.mark_readings_stale()  # the spooled batches' readings are behind what is delivered
             self.memory.append(batch)
         else:
-            self.health.succeeded()
+            self.health.succeeded("spool a batch")
 
     def peek(self) -> dict[str, Any] | None:
         try:
@@ -117,6 +121,8 @@ class FallbackStore:
         except OSError as exc:
             self.health.failed("read the spool", exc)
             batch = None
+        else:
+            self.health.succeeded("read the spool")
         if batch is not None:
             return batch
         return self.memory[0] if self.memory else None
@@ -129,6 +135,8 @@ class FallbackStore:
         except OSError as exc:  # it cannot be marked: take it off the disk, where it could be merged
             self.health.failed("mark a batch sent", exc)
             self._off_disk(batch)
+        else:
+            self.health.succeeded("mark a batch sent")
 
     def _off_disk(self, batch: dict[str, Any]) -> None:
         try:
@@ -145,6 +153,8 @@ class FallbackStore:
             self.spool.ack(batch)
         except OSError as exc:  # left on disk: re-sent after a restart, and the collector applies it once
             self.health.failed("remove an acknowledged batch", exc)
+        else:
+            self.health.succeeded("remove an acknowledged batch")
 
     def latest_counters(self) -> Any:
         return None if self.health.readings_stale() else self.spool.latest_counters()
@@ -175,6 +185,7 @@ class SafeCounterState(CounterState):
                 log.error("cannot remove the stale counter readings %s (%s): remove it before the next start, or its "
                           "gap would be counted again", self.path, unlink_exc.strerror)
         else:
+            self.health.succeeded("save the counter readings")
             self.health.readings_saved()
 
     def load(self) -> dict[str, SavedGpu]:

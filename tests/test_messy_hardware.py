@@ -6,6 +6,7 @@ physics within 1 %, GPU-seconds exact."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import signal
@@ -283,6 +284,7 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
     state.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(state)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
+    started: list[subprocess.Popen] = []
     try:
         spec_toml = RESET_SPEC.split("[[events]]")[0].format(node=NODE)
         (tmp_path / "spec.toml").write_text(spec_toml)
@@ -290,6 +292,7 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
         port = free_port()
         args = ("--state-dir", str(state), "--metrics-port", str(port), "--metrics-address", "127.0.0.1")
         first = start_agent(tmp_path / "spec.toml", "n0", server.url, epoch, *args, log=tmp_path / "agent.log")
+        started.append(first)
         wait_for(server.url, "r/7", 4.0)
         _fill(state)
         before_s = report(server.url, "r/7")["gpu_hours"] * 3600
@@ -299,10 +302,15 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
         first.wait()
         time.sleep(3)
         second = start_agent(tmp_path / "spec.toml", "n0", server.url, epoch, *args, log=tmp_path / "agent.log")
+        started.append(second)
         before_s = report(server.url, "r/7")["gpu_hours"] * 3600
         wait_for(server.url, "r/7", before_s + 6.0)
         stop(second)
     finally:
+        for agent in started:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
         subprocess.run(["umount", "-l", str(state)], check=False)
     assert re.search(r'^gpuledger_agent_state_degraded\{node="n0"\} 1\.0$', metrics, re.M), metrics[-3000:]
     assert re.search(r'^gpuledger_agent_state_write_failures_total\{node="n0"\} [1-9]', metrics, re.M)
@@ -318,10 +326,11 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
 
 def _fill(directory: Path) -> None:
     """Fill a tmpfs to the last byte."""
-    with open(directory / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(b"x" * 1024)
-                handle.flush()
-        except OSError:
-            pass
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
