@@ -182,17 +182,17 @@ class Attributor:
         known: dict[str, JobRef] = {}  # the fullest metadata any source has for a job
         for source in self.sources:
             named: dict[tuple[int, int | None], list[JobRef]] = {}
-            for index, jobs in source.owners(samples).items():
-                for job in jobs:
+            for index, owned in source.owners(samples).items():
+                for job in owned:
                     named.setdefault((index, job.gpu_instance), []).append(job)
                     if job.job_id not in known or _richness(job) > _richness(known[job.job_id]):
                         known[job.job_id] = job
-            for key, jobs in named.items():
-                result.setdefault(key, jobs)
+            for key, listed in named.items():
+                result.setdefault(key, listed)
         out: dict[int, list[JobRef]] = {}
-        for (index, _instance), jobs in sorted(result.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)):
-            out.setdefault(index, []).extend(replace(known[j.job_id], gpu_instance=j.gpu_instance) for j in jobs)
-        return {index: tuple(jobs) for index, jobs in out.items()}
+        for (index, _instance), listed in sorted(result.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)):
+            out.setdefault(index, []).extend(replace(known[j.job_id], gpu_instance=j.gpu_instance) for j in listed)
+        return {index: tuple(listed) for index, listed in out.items()}
 
     def job_of_pid(self, pid: int) -> JobRef | None:
         """The job of a process, from the first source that knows processes."""

@@ -15,13 +15,14 @@ from typing import Any, Protocol
 from agent import __version__
 from agent.attribution import Attributor, Owners
 from agent.clock import Clock
+from agent.energy import EnergyStep
 from agent.gpu import GpuSample, GpuSource
 from agent.intervals import IntervalCutter
 from agent.network import NetworkCutter, job_shares, node_step
 from agent.push import Pusher
 from agent.resume import gap_steps, saved_readings
 from agent.roce import PortReading, PortTotals
-from agent.segments import Segments
+from agent.segments import Piece, Segments
 from agent.split import UNALLOCATED, Split, split_gpu
 from agent.state import CounterState, from_json, newest, to_json
 
@@ -121,7 +122,7 @@ class Agent:
         index = cur.index
         changed = _owner_key(owners.get(index, ())) != _owner_key(self._owners.get(index, ()))
         if boundary or changed or self._saved or index not in self._prev:
-            return dataclasses.replace(cur, energy_mj=self.source.read_energy(index))  # type: ignore[attr-defined]
+            return dataclasses.replace(cur, energy_mj=self.source.read_energy(index))
         return cur
 
     def _step(self, cur: GpuSample) -> None:
@@ -138,7 +139,7 @@ class Agent:
                 log.warning("GPU %d: energy counter went down (driver reload); steps estimated from power", cur.index)
             self._account(cur.index, closed)
 
-    def _account(self, index: int, closed: list) -> None:
+    def _account(self, index: int, closed: list[tuple[Piece, EnergyStep]]) -> None:
         for piece, step in closed:
             self.cutter.add(index, piece.split, piece.start_s, step, piece.util_gpu_pct, piece.memory_used_bytes)
 
@@ -146,7 +147,8 @@ class Agent:
         """First readings after a restart: account the downtime from the saved counters."""
         job_of_pid = getattr(self.attributor, "job_of_pid", None)
         for cur in samples:
-            for start_s, owners, step in gap_steps(self._saved, self.gpus[cur.index], cur, owners_now.get(cur.index, ()), self.epoch):
+            owned = owners_now.get(cur.index, ())
+            for start_s, owners, step in gap_steps(self._saved, self.gpus[cur.index], cur, owned, self.epoch):
                 self.cutter.add(cur.index, split_gpu(cur, owners, job_of_pid), start_s, step, None, None)
                 self._enqueue()  # one batch per piece: the collector takes intervals of an hour at most
         self._saved = {}

@@ -82,7 +82,7 @@ class NvmlSource:
         nvml = self._nvml
         try:
             nvml.nvmlInit()
-        except Exception as exc:  # noqa: BLE001 - NVMLError, or the library failing to load at all
+        except Exception as exc:
             raise NvmlUnavailable(init_failure(exc)) from exc
         count = nvml.nvmlDeviceGetCount()
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -106,7 +106,7 @@ class NvmlSource:
         if self._handles:
             try:
                 self._nvml.nvmlShutdown()
-            except Exception as exc:  # noqa: BLE001 - nothing left to lose at shutdown
+            except Exception as exc:
                 log.warning("nvmlShutdown failed: %s", exc)
             self._handles = []
 
@@ -144,7 +144,7 @@ class NvmlSource:
             mig = self._read(index, "mig", lambda h: self.mig.layout(index, h, time_s), handle)
             pids = tuple(int(p.pid) for p in procs)
             shared = len(set(pids)) > 1 and mig is None
-            util_by_pid = self._read(index, "process_utilization", lambda h: self.process_util.read(index, h), handle) if shared else None
+            util_by_pid = self._process_util(index, handle) if shared else None
         except GpuLost:
             self._mark_lost(index)
             return _lost_sample(index, time_s)
@@ -163,10 +163,14 @@ class NvmlSource:
             pid_sm_util=util_by_pid,
         )
 
+    def _process_util(self, index: int, handle: Any) -> tuple[tuple[int, int], ...] | None:
+        return self._read(index, "process_utilization", lambda h: self.process_util.read(index, h), handle)
+
     def _power_mw(self, index: int, handle: Any) -> int | None:
         """Power through one nvmlDeviceGetFieldValues call; the getter where fields fail."""
         if index not in self._no_fields:
-            values = self._read(index, "power_fields", lambda h: self._nvml.nvmlDeviceGetFieldValues(h, list(POWER_FIELDS)), handle)
+            fields = list(POWER_FIELDS)
+            values = self._read(index, "power_fields", lambda h: self._nvml.nvmlDeviceGetFieldValues(h, fields), handle)
             for value in values or ():
                 if value.nvmlReturn == pynvml.NVML_SUCCESS:
                     return int(value.value.uiVal)
@@ -189,7 +193,7 @@ class NvmlSource:
             return None
         except GpuLost:
             raise
-        except Exception as exc:  # noqa: BLE001 - one reading of one GPU, never the agent
+        except Exception as exc:
             self.errors += 1
             self._warn_once(index, what, exc)
             return None

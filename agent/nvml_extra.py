@@ -52,7 +52,7 @@ class ProcessLists:
 def _driver_version(nvml: Any) -> str:
     try:
         value = nvml.nvmlSystemGetDriverVersion()
-    except Exception:  # noqa: BLE001 - only for the log line
+    except Exception:
         return "(unknown version)"
     return value.decode() if isinstance(value, bytes) else str(value)
 

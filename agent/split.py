@@ -63,10 +63,9 @@ def mig_split(layout: MigLayout, owners: Owners) -> Split:
     whole = [o for o in owners if o.gpu_instance is None]
     shares: list[Share] = []
     for instance in layout.instances:
-        mine = [o for o in owners if o.gpu_instance == instance.gpu_instance] or whole
+        mine: list[JobRef | None] = [o for o in owners if o.gpu_instance == instance.gpu_instance] or list(whole) or [None]
         weight = instance.slices / layout.total_slices
-        for job in mine or [None]:
-            shares.append(Share(job, weight / max(len(mine), 1), instance.gpu_instance))
+        shares.extend(Share(job, weight / len(mine), instance.gpu_instance) for job in mine)
     idle = layout.total_slices - sum(i.slices for i in layout.instances)
     if idle > 0 or not layout.instances:
         shares.append(Share(None, idle / layout.total_slices if layout.instances else 1.0))

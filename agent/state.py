@@ -104,7 +104,8 @@ def from_json(items: Any) -> dict[str, SavedGpu]:
             raise ValueError(f"epoch = {epoch!r} (GPU {uuid}): expected a string or null")
         power_mw = item.get("power_mw")
         if power_mw is not None and (type(power_mw) is not int or not 0 <= power_mw <= MAX_POWER_W * 1000):
-            raise ValueError(f"power_mw = {power_mw!r} (GPU {uuid}): expected milliwatts from 0 to {MAX_POWER_W * 1000:g} or null")
+            raise ValueError(f"power_mw = {power_mw!r} (GPU {uuid}): expected milliwatts from 0 to "
+                             f"{MAX_POWER_W * 1000:g} or null")
         out[uuid] = SavedGpu(uuid, float(time_s), energy_mj, owners, epoch, power_mw)
     return out
 

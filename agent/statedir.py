@@ -18,6 +18,7 @@ be removed once used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.state import CounterState, SavedGpu
 from agent.spool import Spool
+from agent.state import CounterState, SavedGpu
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,8 @@ class StateHealth:
                       "or the time since them would be counted again", self.marker, exc.strerror)
 
     def readings_saved(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.marker.unlink(missing_ok=True)
-        except OSError:
-            pass
 
     def failed(self, what: str, exc: OSError) -> None:
         self.write_failures += 1
@@ -139,10 +138,8 @@ class FallbackStore:
             self.health.succeeded("mark a batch sent")
 
     def _off_disk(self, batch: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(OSError):  # left on disk: sent again after a restart, applied once
             self.spool.ack(batch)
-        except OSError:
-            pass
         self.memory.appendleft(batch)
 
     def ack(self, batch: dict[str, Any]) -> None:
