@@ -115,9 +115,12 @@ def agent_command(
         source = NvmlSource()
         ports = RdmaPorts(sysfs_root)
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
+    try:
+        source.open()  # NVML first: a node without it gets one line, and no state directory
+    except NvmlUnavailable as exc:
+        _fail(str(exc))
     if state_dir is None and simulate is None:
         state_dir = default_state_dir()
-        log.info("state directory %s (spool and counter readings; --state-dir to choose another)", state_dir)
     store, state, health = _state(state_dir, spool_max_mb)
     try:
         agent = Agent(
@@ -130,8 +133,9 @@ def agent_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     log.info(
-        "node %s (cluster %s, datacenter %s): %d GPUs, %d RDMA ports, sampling every %gs, pushing to %s every %gs",
+        "node %s (cluster %s, datacenter %s): %d GPUs, %d RDMA ports, sampling every %gs, pushing to %s every %gs, state in %s",
         labels.node, labels.cluster, labels.datacenter, len(agent.gpus), len(ports.read()), interval, collector, push_interval,
+        state_dir or "memory only",
     )
     try:
         agent.run()

@@ -77,8 +77,12 @@ class NvmlSource:
         self.processes = ProcessLists(nvml)
         self.mig = MigLayouts(nvml, mig_refresh_s)
         self.process_util = ProcessUtilization(nvml)
+        self._infos: list[GpuInfo] | None = None
 
     def open(self) -> list[GpuInfo]:
+        """Start NVML and list the GPUs; a second call returns the first's list."""
+        if self._infos is not None:
+            return self._infos
         nvml = self._nvml
         try:
             nvml.nvmlInit()
@@ -86,7 +90,8 @@ class NvmlSource:
             raise NvmlUnavailable(init_failure(exc)) from exc
         count = nvml.nvmlDeviceGetCount()
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        return [self._info(i, h) for i, h in enumerate(self._handles)]
+        self._infos = [self._info(i, h) for i, h in enumerate(self._handles)]
+        return self._infos
 
     def _info(self, index: int, handle: Any) -> GpuInfo:
         nvml = self._nvml
@@ -109,6 +114,7 @@ class NvmlSource:
             except Exception as exc:
                 log.warning("nvmlShutdown failed: %s", exc)
             self._handles = []
+        self._infos = None
 
     def sample(self, time_s: float, energy: bool = True) -> list[GpuSample]:
         return [self._sample_one(i, h, time_s, energy) for i, h in enumerate(self._handles)]
