@@ -101,8 +101,8 @@ class AgentCollector(Collector):
             if sample.clocks_event_reasons is not None:
                 for reason, bit in CLOCKS_EVENT_REASONS.items():
                     reasons.add_metric([*labels, reason], float(bool(sample.clocks_event_reasons & bit)))
-            for job in snap.owners.get(sample.index, ()):
-                job_info.add_metric([node, str(sample.index), info.uuid, f"{agent.labels.cluster}/{job.job_id}"], 1)
+            for job_id in dict.fromkeys(job.job_id for job in snap.owners.get(sample.index, ())):  # once per GPU, MIG or not
+                job_info.add_metric([node, str(sample.index), info.uuid, f"{agent.labels.cluster}/{job_id}"], 1)
         yield from (*families.values(), energy, reasons, job_info)
 
     def _ports(self) -> Iterator[Metric]:
