@@ -110,6 +110,9 @@ def agent_command(
         source = NvmlSource(sim.nvml)
         sources.append(sim)
         ports: PortSource = SimulatedPorts(spec, node, clock, sim.epoch_s)
+        if not spec.node(node).nics and sysfs_root != Path("/sys"):  # simulated GPUs, a given (e.g. recorded) port tree
+            ports.close()
+            ports = RdmaPorts(sysfs_root)
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
