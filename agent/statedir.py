@@ -60,6 +60,7 @@ class StateHealth:
     write_failures: int = 0
     failing: dict[str, bool] = field(default_factory=dict)  # per kind of write: did the last one fail?
     warned: bool = False
+    logged: set[str] = field(default_factory=set)
 
     @property
     def degraded(self) -> bool:
@@ -76,8 +77,13 @@ class StateHealth:
         try:
             self.marker.touch()
         except OSError as exc:
-            log.error("cannot create %s (%s): remove the state directory's counter readings before the next start, "
-                      "or the time since them would be counted again", self.marker, exc.strerror)
+            self.error_once("marker", "cannot create %s (%s): remove the state directory's counter readings before "
+                            "the next start, or the time since them would be counted again", self.marker, exc.strerror)
+
+    def error_once(self, what: str, message: str, *args: Any) -> None:
+        if what not in self.logged:
+            self.logged.add(what)
+            log.error(message, *args)
 
     def readings_saved(self) -> None:
         with contextlib.suppress(OSError):
@@ -138,9 +144,18 @@ class FallbackStore:
             self.health.succeeded("mark a batch sent")
 
     def _off_disk(self, batch: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):  # left on disk: sent again after a restart, applied once
+        try:
             self.spool.ack(batch)
+        except OSError:  # left on disk: sent again after a restart, applied once
+            self._forget(batch)
         self.memory.appendleft(batch)
+
+    def _forget(self, batch: dict[str, Any]) -> None:
+        """Drop a batch whose file cannot be removed from the spool's index, so that ``peek`` moves on."""
+        with self.spool._lock:
+            entry = self.spool._entry(batch)
+            if entry is not None:
+                self.spool._forget(entry)
 
     def ack(self, batch: dict[str, Any]) -> None:
         if self.memory and self.memory[0] is batch:
@@ -150,11 +165,16 @@ class FallbackStore:
             self.spool.ack(batch)
         except OSError as exc:  # left on disk: re-sent after a restart, and the collector applies it once
             self.health.failed("remove an acknowledged batch", exc)
+            self._forget(batch)
         else:
             self.health.succeeded("remove an acknowledged batch")
 
     def latest_counters(self) -> Any:
-        return None if self.health.readings_stale() else self.spool.latest_counters()
+        """The newest spooled batch's readings, unless they may be behind what was delivered: marked stale,
+        or a spool the agent cannot write (acknowledged batches it could not remove)."""
+        if self.health.readings_stale() or not os.access(self.spool.dir, os.W_OK):
+            return None
+        return self.spool.latest_counters()
 
     def bytes(self) -> int:
         return self.spool.bytes()
@@ -179,8 +199,8 @@ class SafeCounterState(CounterState):
             try:
                 self.path.unlink(missing_ok=True)
             except OSError as unlink_exc:
-                log.error("cannot remove the stale counter readings %s (%s): remove it before the next start, or its "
-                          "gap would be counted again", self.path, unlink_exc.strerror)
+                self.health.error_once("unlink", "cannot remove the stale counter readings %s (%s): remove it before "
+                                       "the next start, or its gap would be counted again", self.path, unlink_exc.strerror)
         else:
             self.health.succeeded("save the counter readings")
             self.health.readings_saved()

@@ -277,7 +277,8 @@ def test_counter_reset_while_the_agent_is_down(server, tmp_path):
 
 
 @SQLITE
-def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
+@pytest.mark.parametrize("fault", ["full", "full, freed before the restart", "read-only"])
+def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path, fault):
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
     state = tmp_path / "state"
@@ -294,12 +295,17 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
         first = start_agent(tmp_path / "spec.toml", "n0", server.url, epoch, *args, log=tmp_path / "agent.log")
         started.append(first)
         wait_for(server.url, "r/7", 4.0)
-        _fill(state)
+        if fault == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        else:
+            _fill(state)
         before_s = report(server.url, "r/7")["gpu_hours"] * 3600
         wait_for(server.url, "r/7", before_s + 6.0)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         first.send_signal(signal.SIGKILL)
         first.wait()
+        if fault == "full, freed before the restart":  # the stale readings must still not be used
+            (state / "filler").unlink()
         time.sleep(3)
         second = start_agent(tmp_path / "spec.toml", "n0", server.url, epoch, *args, log=tmp_path / "agent.log")
         started.append(second)
@@ -314,14 +320,16 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path):
         subprocess.run(["umount", "-l", str(state)], check=False)
     assert re.search(r'^gpuledger_agent_state_degraded\{node="n0"\} 1\.0$', metrics, re.M), metrics[-3000:]
     assert re.search(r'^gpuledger_agent_state_write_failures_total\{node="n0"\} [1-9]', metrics, re.M)
-    assert (tmp_path / "agent.log").read_text().count("running from memory") == 2  # once per agent run
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count("running from memory") == (1 if "freed" in fault else 2)  # once per agent run that met it
+    assert ("are marked stale" in log or "is not writable: its saved counter readings may be stale" in log), log[-3000:]
     rep = report(server.url, "r/7")
     start_s, end_s = window(rep)
     gpu_s, truth_j = truth(spec_toml, "n0", "7", start_s, end_s, epoch)
     reported_j = rep["energy_kwh"] * 3.6e6
-    row("state dir full, agent SIGKILLed", min(reported_j, truth_j), truth_j)
+    row(f"state dir {fault}, agent SIGKILLed", min(reported_j, truth_j), truth_j)
     assert reported_j <= truth_j * (1 + 1e-4)  # never twice: at most the truth over the whole window
-    assert reported_j >= truth_j * 0.5  # it kept running: most of the window is there (the gap may be lost)
+    assert reported_j >= truth_j * 0.3  # it kept running (wait_for saw it push); the downtime itself is lost
 
 
 def _fill(directory: Path) -> None:
