@@ -30,12 +30,13 @@ class OpenInterval:
     max_memory_used_bytes: int | None = None
     gpu_instance: int | None = None
     split: str = WHOLE
+    mig_slices: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "gpu_uuid": self.gpu.uuid,
             "gpu_index": self.gpu.index,
-            "gpu_model": self.gpu.name,
+            "gpu_model": self.gpu.name if self.mig_slices is None else f"{self.gpu.name} MIG {self.mig_slices} slices",
             "job": None if self.job is None else self.job.job_id,
             "start_s": self.start_s,
             "end_s": self.end_s,
@@ -71,7 +72,7 @@ class IntervalCutter:
             interval = self._open.get(key)
             if interval is None:
                 interval = OpenInterval(self.gpus[index], job, step.method, start_s, start_s,
-                                        gpu_instance=part.gpu_instance, split=split.method)
+                                        gpu_instance=part.gpu_instance, split=split.method, mig_slices=part.mig_slices)
                 self._open[key] = interval
             if job is not None:
                 self._jobs[job.job_id] = job

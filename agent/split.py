@@ -10,7 +10,10 @@
   per-process SM utilisation: each job's share is its processes' share of the SM use;
 - ``equal``: several jobs and no per-process utilisation: equal shares.
 
-The method is recorded on every interval (wire field ``split``).
+The method is recorded on every interval (wire field ``split``). A MIG instance's intervals
+carry its size in their GPU model (``NVIDIA H100 80GB HBM3 MIG 3/7 slices``), so a job report's
+breakdown by GPU model says which share of which GPU it was charged, and by what rule; rates
+keyed by a part of the model name (H100) still apply.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Share:
     job: JobRef | None  # None: unallocated
     weight: float  # fraction of the GPU's time and energy
     gpu_instance: int | None = None
+    mig_slices: str | None = None  # "3/7": the instance's compute slices of the GPU's
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,8 @@ def mig_split(layout: MigLayout, owners: Owners) -> Split:
     for instance in layout.instances:
         mine: list[JobRef | None] = [o for o in owners if o.gpu_instance == instance.gpu_instance] or list(whole) or [None]
         weight = instance.slices / layout.total_slices
-        shares.extend(Share(job, weight / len(mine), instance.gpu_instance) for job in mine)
+        slices = f"{instance.slices}/{layout.total_slices}"
+        shares.extend(Share(job, weight / len(mine), instance.gpu_instance, slices) for job in mine)
     idle = layout.total_slices - sum(i.slices for i in layout.instances)
     if idle > 0 or not layout.instances:
         shares.append(Share(None, idle / layout.total_slices if layout.instances else 1.0))

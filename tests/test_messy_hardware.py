@@ -208,6 +208,11 @@ def test_mig_instances_and_time_sliced_gpus(server, tmp_path):
         assert expected[0] == pytest.approx((end_s - start_s) * slices / 7)
         row(f"MIG instance of {slices}/7 slices", rep["energy_kwh"] * 3.6e6, expected[1])
         check(rep, expected)
+        # The report says what share of which GPU was charged, and prices it as an H100's.
+        (part,) = rep["breakdown"]
+        assert part["gpu_model"] == f"NVIDIA H100 80GB HBM3 MIG {slices}/7 slices", part
+        assert rep["rates"]["usd_per_gpu_hour"][part["gpu_model"]] == report(server.url, "m/p")["rates"]["usd_per_gpu_hour"][
+            "NVIDIA H100 80GB HBM3"]
     assert httpx.get(f"{server.url}/v1/jobs/m/m1", timeout=10).status_code == 404  # the mapping file won
     # The same "0.1" file on a GPU without MIG does not apply: job p has its whole GPU.
     rep = report(server.url, "m/p")

@@ -33,14 +33,15 @@ def test_mig_instances_by_compute_slices_idle_slices_unallocated():
     a1, b5 = JobRef("a", gpu_instance=1), JobRef("b", gpu_instance=5)
     split = split_gpu(gpu(mig=LAYOUT), (a1, b5))
     assert split.method == MIG_SLICES
-    assert split.shares == (Share(a1, 3 / 7, 1), Share(None, 2 / 7, 2), Share(b5, 1 / 7, 5), Share(None, 1 / 7))
+    assert split.shares == (Share(a1, 3 / 7, 1, "3/7"), Share(None, 2 / 7, 2, "2/7"), Share(b5, 1 / 7, 5, "1/7"),
+                            Share(None, 1 / 7))
     assert sum(s.weight for s in split.shares) == pytest.approx(1.0, rel=1e-15)
 
 
 def test_mig_whole_gpu_owner_fills_instances_without_their_own():
     a1 = JobRef("a", gpu_instance=1)
     shares = split_gpu(gpu(mig=LAYOUT), (a1, B)).shares
-    assert shares == (Share(a1, 3 / 7, 1), Share(B, 2 / 7, 2), Share(B, 1 / 7, 5), Share(None, 1 / 7))
+    assert shares == (Share(a1, 3 / 7, 1, "3/7"), Share(B, 2 / 7, 2, "2/7"), Share(B, 1 / 7, 5, "1/7"), Share(None, 1 / 7))
 
 
 def test_instance_owner_on_a_gpu_without_mig_does_not_apply():
@@ -120,6 +121,9 @@ def test_mig_gpu_energy_split_by_slices_in_the_batch():
     table = Table()
     table.table = {0: (JobRef("a", gpu_instance=1), JobRef("b", gpu_instance=2))}
     _, intervals = run_node([dev], table, 20, lambda i, t: 350.0)
-    assert {(x["job"], x["gpu_instance"], x["split"]) for x in intervals} == {("a", 1, "mig_slices"), ("b", 2, "mig_slices")}
+    assert {(x["job"], x["gpu_instance"], x["split"], x["gpu_model"]) for x in intervals} == {
+        ("a", 1, "mig_slices", "NVIDIA H100 80GB HBM3 MIG 3/7 slices"),
+        ("b", 2, "mig_slices", "NVIDIA H100 80GB HBM3 MIG 4/7 slices"),
+    }
     assert sum(x["gpu_seconds"] for x in intervals if x["job"] == "a") == pytest.approx(20 * 3 / 7)
     assert sum(x["energy_j"] for x in intervals if x["job"] == "b") == pytest.approx(20 * 350.0 * 4 / 7)
