@@ -109,10 +109,11 @@ def agent_command(
         announce()
         source = NvmlSource(sim.nvml)
         sources.append(sim)
-        ports: PortSource = SimulatedPorts(spec, node, clock, sim.epoch_s)
+        ports: PortSource
         if not spec.node(node).nics and sysfs_root != Path("/sys"):  # simulated GPUs, a given (e.g. recorded) port tree
-            ports.close()
             ports = RdmaPorts(sysfs_root)
+        else:
+            ports = SimulatedPorts(spec, node, clock, sim.epoch_s)
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
