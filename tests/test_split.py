@@ -83,7 +83,8 @@ def run_node(devs, table, seconds, watts_of, until_owner_change=None):
         state["t"] += 1
         for i, dev in enumerate(devs):
             watts = watts_of(i, state["t"])
-            dev.energy_mj += int(watts * 1000 * s)
+            if dev.energy_mj is not None:
+                dev.energy_mj += int(watts * 1000 * s)
             dev.power_mw = int(watts * 1000)
         if until_owner_change is not None:
             until_owner_change(state["t"], table)
@@ -127,3 +128,20 @@ def test_mig_gpu_energy_split_by_slices_in_the_batch():
     }
     assert sum(x["gpu_seconds"] for x in intervals if x["job"] == "a") == pytest.approx(20 * 3 / 7)
     assert sum(x["energy_j"] for x in intervals if x["job"] == "b") == pytest.approx(20 * 350.0 * 4 / 7)
+
+
+def test_gpu_without_counter_and_gpu_lost_mid_segment_between_pushes():
+    devs = [FakeDevice(uuid="GPU-0", energy_mj=None, power_mw=200_000), FakeDevice(uuid="GPU-1", energy_mj=0, power_mw=200_000)]
+    table = Table()
+
+    def lose(t: int, _tab: Table) -> None:
+        devs[1].lost = t >= 15  # lost 5 s into the second push interval
+
+    _, intervals = run_node(devs, table, 30, lambda i, t: 200.0, lose)
+    counterless = [x for x in intervals if x["gpu_index"] == 0]
+    assert {x["energy_method"] for x in counterless} == {"power_integrated"}  # step by step, from power
+    assert sum(x["energy_j"] for x in counterless) == pytest.approx(30 * 200.0)
+    lost = [x for x in intervals if x["gpu_index"] == 1]
+    by_method = {m: sum(x["gpu_seconds"] for x in lost if x["energy_method"] == m) for m in {x["energy_method"] for x in lost}}
+    assert by_method == {"counter": pytest.approx(10.0), "power_integrated": pytest.approx(4.0)}  # up to its last sample
+    assert sum(x["energy_j"] for x in lost) == pytest.approx(14 * 200.0)
