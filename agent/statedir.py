@@ -6,9 +6,10 @@ user's state directory (``$XDG_STATE_HOME/gpuledger-agent``, by default
 ``~/.local/state/gpuledger-agent``), so a restart never loses the gap.
 
 A full or read-only state directory never stops the agent: batches that cannot be spooled
-wait in memory (``FallbackStore``), a counter reading that cannot be saved removes the older
-one (``SafeCounterState``: a stale reading would count the energy since it twice at the next
-start), the agent warns once and exports ``gpuledger_agent_state_degraded`` and
+wait in memory (``FallbackStore``); the counter readings, padded to twice their size, are
+rewritten in place on a full disk (no new block needed), and where even that fails the older
+reading is removed (``SafeCounterState``: a stale reading would count the energy since it
+twice at the next start); the agent warns once and exports ``gpuledger_agent_state_degraded`` and
 ``gpuledger_agent_state_write_failures_total``. Once a batch went to memory, the readings kept
 inside older spooled batches are stale too: an empty marker file, ``counters.stale`` (it
 needs no data block on a full disk), says so until the next reading is saved. At start,
@@ -19,6 +20,8 @@ be removed once used.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import os
 from collections import deque
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.spool import Spool
-from agent.state import CounterState, SavedGpu
+from agent.state import FORMAT, CounterState, SavedGpu, to_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +194,16 @@ class SafeCounterState(CounterState):
         self.health = health
 
     def save(self, gpus: list[SavedGpu]) -> None:
+        data = json.dumps({"format": FORMAT, "gpus": to_json(gpus)}, separators=(",", ":"), allow_nan=False).encode()
         try:
-            super().save(gpus)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Padded to twice its size: room to be rewritten in place when the disk is full.
+            write_atomic(self.path, data + b" " * len(data))
         except OSError as exc:
             self.health.failed("save the counter readings", exc)
+            if exc.errno == errno.ENOSPC and self._rewrite_in_place(data):
+                self.health.readings_saved()
+                return
             self.health.mark_readings_stale()
             try:
                 self.path.unlink(missing_ok=True)
@@ -204,6 +213,23 @@ class SafeCounterState(CounterState):
         else:
             self.health.succeeded("save the counter readings")
             self.health.readings_saved()
+
+    def _rewrite_in_place(self, data: bytes) -> bool:
+        """A full disk has no block for a new file, but the old file's blocks can be overwritten: the
+        readings (and trailing blanks, which JSON ignores) over the same length, in one write."""
+        try:
+            size = self.path.stat().st_size
+            if len(data) > size:
+                return False
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                written = os.write(fd, data + b" " * (size - len(data)))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        return written == size
 
     def load(self) -> dict[str, SavedGpu]:
         if self.path.parent.exists() and not os.access(self.path.parent, os.W_OK):

@@ -327,14 +327,18 @@ def test_full_state_dir_keeps_running_and_never_counts_twice(server, tmp_path, f
     assert re.search(r'^gpuledger_agent_state_write_failures_total\{node="n0"\} [1-9]', metrics, re.M)
     log = (tmp_path / "agent.log").read_text()
     assert log.count("running from memory") == (1 if "freed" in fault else 2)  # once per agent run that met it
-    assert ("are marked stale" in log or "is not writable: its saved counter readings may be stale" in log), log[-3000:]
+    if fault == "read-only":  # the readings could not be kept current: not used at the restart
+        assert "is not writable: its saved counter readings may be stale" in log, log[-3000:]
     rep = report(server.url, "r/7")
     start_s, end_s = window(rep)
     gpu_s, truth_j = truth(spec_toml, "n0", "7", start_s, end_s, epoch)
     reported_j = rep["energy_kwh"] * 3.6e6
     row(f"state dir {fault}, agent SIGKILLed", min(reported_j, truth_j), truth_j)
     assert reported_j <= truth_j * (1 + 1e-4)  # never twice: at most the truth over the whole window
-    assert reported_j >= truth_j * 0.3  # it kept running (wait_for saw it push); the downtime itself is lost
+    if fault == "read-only":
+        assert reported_j >= truth_j * 0.3  # it kept running (wait_for saw it push); the downtime itself is lost
+    else:  # the readings were rewritten in place: the downtime is bridged; what was in memory at the kill is lost
+        assert reported_j >= truth_j * 0.9
 
 
 def _fill(directory: Path) -> None:

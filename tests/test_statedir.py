@@ -67,19 +67,22 @@ def test_full_spool_keeps_batches_in_memory_warns_once_and_marks_readings_stale(
     assert not health.readings_stale() and state.load() == {"G": SavedGpu("G", 1.0, 5, [])}
 
 
-def test_counter_state_that_cannot_be_saved_removes_the_stale_reading(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize(("code", "kept"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_counter_state_on_a_full_disk_is_rewritten_in_place_else_removed(tmp_path: Path, monkeypatch, code, kept):
     health = StateHealth(tmp_path)
     state = SafeCounterState(tmp_path / "counters.json", health)
-    state.save([SavedGpu("G", 1.0, 5, [])])
+    state.save([SavedGpu("G", 1.0, 5, ["a-job-with-a-long-name"])])
 
-    def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(*_args, **_kwargs):
+        raise OSError(code, "No space left on device" if code == errno.ENOSPC else "I/O error")
 
-    monkeypatch.setattr("agent.state.write_atomic", full)
-    state.save([SavedGpu("G", 2.0, 9, [])])
-    assert not (tmp_path / "counters.json").exists() and health.degraded
-    monkeypatch.undo()
-    assert state.load() == {}
+    monkeypatch.setattr("agent.statedir.write_atomic", failing)
+    state.save([SavedGpu("G", 2.0, 9, ["b"])])  # shorter: fits in the old file's blocks
+    assert health.degraded and (tmp_path / "counters.json").exists() == kept
+    assert state.load() == ({"G": SavedGpu("G", 2.0, 9, ["b"])} if kept else {})
+    if kept:
+        state.save([SavedGpu("G", 3.0, 10, ["x" * 500])])  # no longer fits: removed, never left stale
+        assert not (tmp_path / "counters.json").exists() and state.load() == {}
 
 
 def saved(power_mw: int | None = 300_000, energy_mj: int | None = 900_000_000) -> SavedGpu:
