@@ -67,9 +67,12 @@ class SimGpu:
         return [job for job in self.jobs if job.start_s <= offset_s < job.end_s]
 
     def job_utilization(self, job: JobSpec, second: int) -> float:
-        extra = (_job_no(job),) if len(self.jobs) > 1 else ()  # jobs that share a GPU jitter apart
-        u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second, *extra))
-        return min(max(u, 0.0), 1.0)
+        if len(self.jobs) == 1:
+            u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
+            return min(max(u, 0.0), 1.0)
+        # Jobs sharing a GPU jitter apart, in whole percent: what NVML's per-process samples can say.
+        u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second, _job_no(job)))
+        return round(min(max(u, 0.0), 1.0) * 100) / 100
 
     def utilization(self, second: int) -> float:
         jobs = self.jobs_at(second)
