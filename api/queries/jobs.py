@@ -5,6 +5,7 @@ Every query reads the hourly rollups or the jobs table; none scans raw intervals
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -134,8 +135,13 @@ def release_jobs(engine: Engine, release: str, account: str | None = None) -> li
     """The jobs under a release label, oldest first (account-scoped readers see their account's)."""
     where = [jobs_t.c.release == release] + ([jobs_t.c.account == account] if account is not None else [])
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs_t).where(*where).order_by(jobs_t.c.first_seen_s, jobs_t.c.job_id))
-        return [dict(r._mapping) for r in rows]
+        rows = [dict(r._mapping) for r in conn.execute(select(jobs_t).where(*where))]
+    return sorted(rows, key=lambda job: (job["first_seen_s"], _natural(job["job_id"])))
+
+
+def _natural(text: str) -> list[tuple[int, int | str]]:
+    """``llama-2-7b`` before ``llama-2-13b``: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
 
 
 def releases(engine: Engine, account: str | None = None) -> list[dict[str, Any]]:
