@@ -100,7 +100,7 @@ def _embodied_parts(gpu_hours: float, split: tuple[float, float] | None) -> dict
 
 
 OPTIONAL = ("market_co2e_kg", "embodied_gpu_co2e_kg", "embodied_server_co2e_kg")  # None where not stated
-SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg")
+SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg", "embodied_co2e_kg")
 
 
 def price_sums(
@@ -117,6 +117,8 @@ def price_sums(
         hour = _hour(row, fixed[key], config, cluster, hourly, applied)
         for name in SUMMED:
             sums[name] += hour[name]
+        if hour["market_co2e_kg"] is not None:  # present only where a contractual factor is configured
+            sums["market_co2e_kg"] = sums.get("market_co2e_kg", 0.0) + hour["market_co2e_kg"]
     return sums
 
 
