@@ -23,11 +23,11 @@ def open_db(db: str, *, prepare_schema: bool = True, must_exist: bool = False) -
     from collector.schema import SchemaOutdated, prepare
 
     try:
+        engine = make_engine(db)  # connects to nothing yet
         path = sqlite_file(db)
         if must_exist and path is not None and not path.is_file():
             raise CliError(f"--db {db}: no database file at {path}; check the path "
                            "(`gpuledger server` or `gpuledger db upgrade` creates a new one)")
-        engine = make_engine(db)
         if prepare_schema:
             prepare(engine, db)
         else:

@@ -13,13 +13,13 @@ import typer
 from api.cli.client import DEFAULT_SERVER, CliError, fail, request
 
 ServerOpt = Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="The server's base URL (host:port is taken as http://).")]
-TokenOpt = Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A token, when the server requires one  [default: none]")]
+TokenOpt = Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A token, when the server requires one  \\[default: none]")]
 CHUNK_ROWS = 2000  # rows per request: well inside the server's 1 MiB body limit
 
 
 def import_command(
     file: Annotated[Path, typer.Argument(help="CSV (header line) or JSON lines with the columns below.", show_default=False)],
-    format: Annotated[str | None, typer.Option("--format", "-f", help="csv or jsonl  [default: from the file's extension; csv otherwise]", show_default=False)] = None,
+    format: Annotated[str | None, typer.Option("--format", "-f", help="csv or jsonl  \\[default: from the file's extension; csv otherwise]", show_default=False)] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:
@@ -120,10 +120,10 @@ def usage_table(usage: dict[str, Any]) -> str:
 
 
 def usage_command(
-    start: Annotated[str | None, typer.Option("--from", help="Start, ISO 8601 date or time (UTC without a zone)  [default: 30 days before --to]", show_default=False)] = None,
-    end: Annotated[str | None, typer.Option("--to", help="End, exclusive  [default: now]", show_default=False)] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Start, ISO 8601 date or time (UTC without a zone)  \\[default: 30 days before --to]", show_default=False)] = None,
+    end: Annotated[str | None, typer.Option("--to", help="End, exclusive  \\[default: now]", show_default=False)] = None,
     group_by: Annotated[str, typer.Option(help="account, user, cluster, job or release.")] = "account",
-    period: Annotated[str | None, typer.Option(help="month or day: a line per group and period  [default: none]", show_default=False)] = None,
+    period: Annotated[str | None, typer.Option(help="month or day: a line per group and period  \\[default: none]", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
