@@ -193,10 +193,10 @@ class NetworkSeries(BaseModel):
 
     start_s: list[float]
     end_s: list[float]
-    tx_gbps: list[float | None] = Field(description="Mean of the job's nodes together over the hour.")
-    rx_gbps: list[float | None]
-    peak_tx_gbps: list[float] = Field(description="Highest one node's throughput between two samples.")
-    peak_rx_gbps: list[float]
+    job_tx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    job_rx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    node_peak_tx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
+    node_peak_rx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
     cnp_handled_per_s: list[float | None] = Field(description="Per node-second.")
     retransmits_per_gb: list[float | None] = Field(description="Per GB sent.")
     congestion: list[str] = Field(description="none, moderate, heavy or unknown, as in the job's network report.")
