@@ -85,7 +85,8 @@ def test_config_types_are_strict_and_name_the_key(tmp_path):
 
 @SQLITE
 def test_defaults_are_named_at_start_up_and_in_the_report_and_unknown_regions_refused(serve, db_url):
-    config = '[datacenters.dc1]\nregion = "atlantis"\npue = 1.2\nmarket_g_per_kwh = 50.0\n[usd_per_gpu_hour]\nH100 = 2.0\n'
+    config = ('[datacenters.dc1]\nregion = "atlantis"\npue = 1.2\nmarket_g_per_kwh = 50.0\n[usd_per_gpu_hour]\nH100 = 2.0\n'
+              "[embodied.H100]\nmanufacturing_kg = 150.0\nserver_kg = 2500.0\nlifetime_years = 6\nutilization = 0.85\n")
     server, log = serve(config)
     assert "warning: region 'atlantis' (datacenter 'dc1'): no [intensity_g_per_kwh] entry" in log.read_text()
     send(server.url, 0, {"id": "1", "account": "nlp"}, HOUR, 3.6e6)  # 1 kWh
@@ -111,7 +112,7 @@ def test_defaults_are_named_at_start_up_and_in_the_report_and_unknown_regions_re
     assert rows["nlp"]["period"] == day and float(rows["nlp"]["cost_usd"]) == 2.0
     assert float(rows["nlp"]["co2e_kg"]) == pytest.approx(1.2 * 475 / 1000)
     assert float(rows["nlp"]["market_co2e_kg"]) == pytest.approx(1.2 * 50 / 1000)
-    assert float(rows["nlp"]["embodied_co2e_kg"]) == pytest.approx(0.0103)
+    assert float(rows["nlp"]["embodied_co2e_kg"]) == pytest.approx(462.5 / (6 * 8760 * 0.85))  # BLOOM's inputs
     assert float(rows["(unallocated)"]["energy_kwh"]) == pytest.approx(0.1)
     assert float(rows["(total)"]["gpu_hours"]) == 3.0
     table = gpuledger("usage", "--from", window["from"], "--group-by", "account", "--period", "month", "--server", server.url)
@@ -126,7 +127,11 @@ def test_defaults_are_named_at_start_up_and_in_the_report_and_unknown_regions_re
 
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert 'gpuledger_job_market_co2e_grams_total{account="nlp",cluster="c",job_id="c/1"} 60.0' in metrics
-    assert 'gpuledger_job_embodied_co2e_grams_total{account="nlp",cluster="c",job_id="c/1"} 10.3' in metrics
+    assert 'gpuledger_job_embodied_co2e_grams_total{account="nlp",cluster="c",job_id="c/1"} 10.352314441758' in metrics
+    printed = gpuledger("report", "c/1", "--server", server.url).stdout
+    # the rate to its precision, with its source (it printed 0.010352314441758438)
+    assert "embodied_kg_per_gpu_hour[NVIDIA H100 80GB HBM3] = 0.01035 (config)" in printed
+    assert "grid_intensity_g_per_kwh[atlantis] = 475.0 (built-in default)" in printed
 
     server.process.terminate()
     server.process.wait(timeout=15)
