@@ -71,7 +71,8 @@ def store_declared(engine: Engine, rows: list[DeclaredRow], tdp_w: Callable[[str
                 result.updated += 1
             result.energy_sources[str(rec["energy_source"])] += 1
         stmt = insert_for(conn, declared_t)
-        stmt = stmt.on_conflict_do_update(index_elements=["row_key"], set_={n: stmt.excluded[n] for n in (*VALUES, "imported_at_s")})
+        replaced = {n: stmt.excluded[n] for n in (*VALUES, "imported_at_s")}
+        stmt = stmt.on_conflict_do_update(index_elements=["row_key"], set_=replaced)
         conn.execute(stmt, list(records.values()))
         _write_jobs(conn, rows)
         _rebuild_rollups(conn, job_ids)

@@ -14,6 +14,7 @@ Defaults, each a starting point to replace with the site's own figures:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -249,17 +250,17 @@ class LedgerConfig(Section):
             if region not in fed and self._region_source(region) == BUILT_IN
         ]
         for model in sorted(set(gpu_models)):
-            kinds = [(k, unit, value) for k, unit, value in (
-                ("tdp_w", "W", self.tdp(model)), ("usd_per_gpu_hour", "USD", self.price_usd_per_gpu_hour(model)),
-                ("embodied_kg_per_gpu_hour", "kg", self.embodied_kg(model)),
-            ) if self._model_source(k, model) == BUILT_IN and not (k == "embodied_kg_per_gpu_hour" and best_key(self.embodied, model))]
+            candidates = (("tdp_w", "W", self.tdp(model)), ("usd_per_gpu_hour", "USD", self.price_usd_per_gpu_hour(model)),
+                          ("embodied_kg_per_gpu_hour", "kg", self.embodied_kg(model)))
+            kinds = [(k, unit, value) for k, unit, value in candidates
+                     if (self.source(k, model) if k == "embodied_kg_per_gpu_hour" else self._model_source(k, model)) == BUILT_IN]
             if kinds:
                 what = ", ".join(f"{k} = {value:g} {unit}" for k, unit, value in kinds)
                 lines.append(f"GPU model {model!r} falls back to built-in defaults: {what}")
         return lines
 
 
-def best_key(table: dict[str, object], gpu_model: str) -> str | None:
+def best_key(table: Mapping[str, object], gpu_model: str) -> str | None:
     """The key that is the longest case-insensitive substring of the NVML name, else 'default'."""
     name = gpu_model.lower()
     matches = [key for key in table if key != "default" and key.lower() in name]

@@ -13,13 +13,18 @@ import typer
 from api.cli.client import DEFAULT_SERVER, CliError, fail, request
 
 ServerOpt = Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="The server's base URL (host:port is taken as http://).")]
-TokenOpt = Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A token, when the server requires one  \\[default: none]")]
+TokenOpt = Annotated[str | None, typer.Option(
+    envvar="GPULEDGER_TOKEN",
+    help="A token, when the server requires one  \\[default: none]")]
 CHUNK_ROWS = 2000  # rows per request: well inside the server's 1 MiB body limit
 
 
 def import_command(
     file: Annotated[Path, typer.Argument(help="CSV (header line) or JSON lines with the columns below.", show_default=False)],
-    format: Annotated[str | None, typer.Option("--format", "-f", help="csv or jsonl  \\[default: from the file's extension; csv otherwise]", show_default=False)] = None,
+    format: Annotated[str | None, typer.Option(
+        "--format", "-f",
+        help="csv or jsonl  \\[default: from the file's extension; csv otherwise]",
+        show_default=False)] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:
@@ -61,7 +66,8 @@ def import_command(
 
 
 def release_command(
-    release: Annotated[str, typer.Argument(help="The release label (GPULEDGER_RELEASE, the import's release column).", show_default=False)],
+    release: Annotated[str, typer.Argument(
+        help="The release label (GPULEDGER_RELEASE, the import's release column).", show_default=False)],
     format: Annotated[str, typer.Option("--format", "-f", help="md, csv or json.")] = "md",
     rounding: Annotated[str, typer.Option(help="half_up, or truncate (as the Llama 2 paper states its Table 2).")] = "half_up",
     unit: Annotated[str, typer.Option(help="CO2e unit: auto (kg when every figure is below a tonne), t or kg.")] = "auto",
@@ -92,7 +98,8 @@ def _when(value: str | None, option: str) -> str | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise CliError(f"{option} {value!r}: expected an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T00:00:00Z") from None
+        raise CliError(f"{option} {value!r}: expected an ISO 8601 date or time, "
+                       "e.g. 2026-11-01 or 2026-11-01T00:00:00Z") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
 
 
@@ -120,10 +127,15 @@ def usage_table(usage: dict[str, Any]) -> str:
 
 
 def usage_command(
-    start: Annotated[str | None, typer.Option("--from", help="Start, ISO 8601 date or time (UTC without a zone)  \\[default: 30 days before --to]", show_default=False)] = None,
+    start: Annotated[str | None, typer.Option(
+        "--from",
+        help="Start, ISO 8601 date or time (UTC without a zone)  \\[default: 30 days before --to]",
+        show_default=False)] = None,
     end: Annotated[str | None, typer.Option("--to", help="End, exclusive  \\[default: now]", show_default=False)] = None,
     group_by: Annotated[str, typer.Option(help="account, user, cluster, job or release.")] = "account",
-    period: Annotated[str | None, typer.Option(help="month or day: a line per group and period  \\[default: none]", show_default=False)] = None,
+    period: Annotated[str | None, typer.Option(
+        help="month or day: a line per group and period  \\[default: none]",
+        show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,

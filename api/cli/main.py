@@ -23,15 +23,30 @@ app.command("agent")(agent_command)
 
 @app.command()
 def server(
-    db: Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB.")] = "sqlite:///gpuledger.db",
-    config: Annotated[Path | None, typer.Option(envvar="GPULEDGER_CONFIG", help="TOML file with rates and job settings  \\[default: none: built-in defaults, each named in a warning]", show_default=False)] = None,
+    db: Annotated[str, typer.Option(
+        envvar="GPULEDGER_DB",
+        help="Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB.")] = "sqlite:///gpuledger.db",
+    config: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_CONFIG",
+        help="TOML file with rates and job settings  \\[default: none: built-in defaults, each named in a warning]",
+        show_default=False)] = None,
     host: Annotated[str, typer.Option(envvar="GPULEDGER_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="GPULEDGER_PORT", help="Port to listen on.")] = 8080,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug, trace.")] = "info",
-    ssl_certfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_CERTFILE", help="Serve HTTPS with this certificate (PEM)  \\[default: none: plain HTTP]", show_default=False)] = None,
-    ssl_keyfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM)  \\[default: none]", show_default=False)] = None,
-    open_paths: Annotated[str, typer.Option(envvar="GPULEDGER_OPEN_PATHS", help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
-    require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
+    ssl_certfile: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_SSL_CERTFILE",
+        help="Serve HTTPS with this certificate (PEM)  \\[default: none: plain HTTP]",
+        show_default=False)] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_SSL_KEYFILE",
+        help="The certificate's private key (PEM)  \\[default: none]",
+        show_default=False)] = None,
+    open_paths: Annotated[str, typer.Option(
+        envvar="GPULEDGER_OPEN_PATHS",
+        help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
+    require_auth: Annotated[bool, typer.Option(
+        envvar="GPULEDGER_REQUIRE_AUTH",
+        help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
@@ -79,7 +94,9 @@ def _defaults_used(engine: object, config: object) -> list[str]:
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.", context_settings=HELP)
 app.add_typer(db_app, name="db")
-DbOption = Annotated[str, typer.Option(envvar="GPULEDGER_DB", help="Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB.")]
+DbOption = Annotated[str, typer.Option(
+    envvar="GPULEDGER_DB",
+    help="Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB.")]
 
 
 @db_app.command("upgrade")
@@ -103,7 +120,8 @@ def db_upgrade(
     except SQLAlchemyError as exc:
         raise fail("db upgrade", str(db_failure(db, exc))) from None
     except Exception as exc:
-        raise fail("db upgrade", f"--revision {revision!r}: {exc}; `gpuledger db current` shows where the database stands") from None
+        raise fail("db upgrade", f"--revision {revision!r}: {exc}; "
+                                 "`gpuledger db current` shows where the database stands") from None
     typer.echo(f"{db}: schema {before or 'empty'} -> {after}")
 
 
@@ -127,10 +145,20 @@ def db_current(db: DbOption = "sqlite:///gpuledger.db") -> None:
 @app.command()
 def report(
     job: Annotated[str, typer.Argument(help="Job id, cluster-scoped: <cluster>/<job id>.", show_default=False)],
-    server: Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="The server's base URL (host:port is taken as http://).")] = DEFAULT_SERVER,
-    format: Annotated[str | None, typer.Option("--format", "-f", help="table, json or csv; with --convention: md or json  \\[default: table; md]", show_default=False)] = None,
-    convention: Annotated[str | None, typer.Option(help="measured or tdp: the model-card footprint instead  \\[default: none]", show_default=False)] = None,
-    token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A reader token, when the server requires one  \\[default: none]", show_default=False)] = None,
+    server: Annotated[str, typer.Option(
+        envvar="GPULEDGER_SERVER",
+        help="The server's base URL (host:port is taken as http://).")] = DEFAULT_SERVER,
+    format: Annotated[str | None, typer.Option(
+        "--format", "-f",
+        help="table, json or csv; with --convention: md or json  \\[default: table; md]",
+        show_default=False)] = None,
+    convention: Annotated[str | None, typer.Option(
+        help="measured or tdp: the model-card footprint instead  \\[default: none]",
+        show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="GPULEDGER_TOKEN",
+        help="A reader token, when the server requires one  \\[default: none]",
+        show_default=False)] = None,
 ) -> None:
     """Print one job's GPU-hours, energy, cost and CO2e, or its model-card footprint."""
     import json
@@ -158,8 +186,10 @@ def report(
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
-    workdir: Annotated[Path, typer.Option(help="Where the demo's SQLite file lives (emptied at start).")] = Path(".gpuledger-demo"),
-    metrics_port: Annotated[int, typer.Option(help="The simulated agents' /metrics listen on this port and the next ones; 0 turns them off.")] = 9410,
+    workdir: Annotated[Path, typer.Option(
+        help="Where the demo's SQLite file lives (emptied at start).")] = Path(".gpuledger-demo"),
+    metrics_port: Annotated[int, typer.Option(
+        help="The simulated agents' /metrics listen on this port and the next ones; 0 turns them off.")] = 9410,
 ) -> None:
     """Server on SQLite plus a simulated 4-node cluster, in one process group; Ctrl-C stops all."""
     from api.cli.demo import run_demo
@@ -206,9 +236,15 @@ app.add_typer(token_app, name="token")
 
 @token_app.command("create")
 def token_create(
-    node: Annotated[str | None, typer.Option(help="Node name: a token for that node's agent  \\[default: none; give --node or --role]", show_default=False)] = None,
-    role: Annotated[str | None, typer.Option(help="reader or admin  \\[default: none; give --node or --role]", show_default=False)] = None,
-    account: Annotated[str | None, typer.Option(help="Reader tokens only: see only this account's jobs  \\[default: all accounts]", show_default=False)] = None,
+    node: Annotated[str | None, typer.Option(
+        help="Node name: a token for that node's agent  \\[default: none; give --node or --role]",
+        show_default=False)] = None,
+    role: Annotated[str | None, typer.Option(
+        help="reader or admin  \\[default: none; give --node or --role]",
+        show_default=False)] = None,
+    account: Annotated[str | None, typer.Option(
+        help="Reader tokens only: see only this account's jobs  \\[default: all accounts]",
+        show_default=False)] = None,
     db: DbOption = "sqlite:///gpuledger.db",
 ) -> None:
     """Create a token (--node NAME, or --role reader|admin [--account A]) and print it, once."""

@@ -30,7 +30,8 @@ def _part(part: dict[str, Any], report: dict[str, Any], config: LedgerConfig, co
     # never recomputed from summed energy, which can fall a hair below 1.0.
     pue = max(1.0, rates["pue"].get(dc_name) or dc.pue)
     facility = part["facility_energy_kwh"]
-    intensity = part["co2e_kg"] * 1000 / facility if facility else rates["grid_intensity_g_per_kwh"].get(dc.region, config.intensity(dc.region))
+    static = rates["grid_intensity_g_per_kwh"].get(dc.region, config.intensity(dc.region))
+    intensity = part["co2e_kg"] * 1000 / facility if facility else static
     gpu_kwh, estimated_kwh = part["gpu_energy_kwh"], part.get("energy_estimated_kwh") or 0.0
     tdp_w = config.tdp(model)
     if part["gpu_hours"] and gpu_kwh and estimated_kwh >= gpu_kwh * ESTIMATED_SHARE:

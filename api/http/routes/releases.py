@@ -30,7 +30,8 @@ def release_footprint(
     release: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     rounding: Annotated[Literal[ROUNDINGS], Query(  # type: ignore[valid-type]
         description="half_up, or truncate (how the Llama 2 paper states Table 2).")] = "half_up",
-    unit: Annotated[Literal["auto", "t", "kg"], Query(description="CO2e unit of the tables; auto: kg when all below a tonne.")] = "auto",
+    unit: Annotated[Literal["auto", "t", "kg"], Query(
+        description="CO2e unit of the tables; auto: kg when all below a tonne.")] = "auto",
     format: Annotated[Literal["json", "md", "csv"], Query(description="json (rows and tables), md or csv.")] = "json",
 ) -> dict[str, Any] | Response:
     """The release's model card: per job and total, measured and TDP conventions."""
