@@ -48,7 +48,7 @@ class DeclaredRow(BaseModel):
     gpu_model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     start: Annotated[AwareDatetime, Field(strict=False)]
     end: Annotated[AwareDatetime, Field(strict=False)]
-    gpu_hours: Annotated[float, Field(gt=0)] | None = None
+    gpu_hours: Annotated[float, Field(gt=0, le=1e10)] | None = None
     gpus: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     energy_kwh: Annotated[float, Field(ge=0)] | None = None
     power_w: Annotated[float, Field(gt=0, le=MAX_POWER_W)] | None = None
@@ -61,6 +61,8 @@ class DeclaredRow(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DeclaredRow:
         span_s = (self.end - self.start).total_seconds()
+        if self.start.timestamp() < 0:
+            raise ValueError(f"start = {self.start.isoformat()}: expected 1970 or later")
         if span_s <= 0:
             raise ValueError(f"end = {self.end.isoformat()} is not after start = {self.start.isoformat()}")
         if span_s > MAX_SPAN_S:
@@ -94,6 +96,27 @@ class DeclaredRow(BaseModel):
 
 class DeclaredError(ValueError):
     """A declared row that does not validate; the message names the line, the column and the value."""
+
+
+FUTURE_TOLERANCE_S = 900.0
+MAX_HOURS_PER_IMPORT = 1_000_000  # hourly rollup rows one import may write; `gpuledger import` sends less
+
+
+def hours_of(row: DeclaredRow) -> int:
+    """How many hourly rollups the row touches."""
+    return int(row.end.timestamp() // 3600 - row.start.timestamp() // 3600) + 1
+
+
+def check_rows(rows: list[DeclaredRow], now_s: float, template: str = "rows[{n}]", first: int = 0) -> None:
+    """What validates only against the clock and as a whole: nothing after now, a bounded size."""
+    for n, row in enumerate(rows, start=first):
+        if row.end.timestamp() > now_s + FUTURE_TOLERANCE_S:
+            raise DeclaredError(f"{template.format(n=n)}: end = {row.end.isoformat()} is in the future: "
+                                "declared usage is usage that happened")
+    total = sum(hours_of(row) for row in rows)
+    if total > MAX_HOURS_PER_IMPORT:
+        raise DeclaredError(f"the rows span {total:,} hours in all: expected at most {MAX_HOURS_PER_IMPORT:,} "
+                            "per request; send fewer rows at a time")
 
 
 def describe(exc: ValidationError, where: str) -> str:

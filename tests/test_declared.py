@@ -148,3 +148,20 @@ def test_release_label_comes_from_the_jobs_environment():
     job = job_from_environ({"SLURM_JOB_ID": "77", "GPULEDGER_RELEASE": "llama-2"})
     assert job is not None and (job.job_id, job.release) == ("77", "llama-2")
     assert job_from_environ({"GPULEDGER_JOB_ID": "x"}).release is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("served", ["llama2.toml"], indirect=True)
+def test_future_or_oversized_declared_usage_is_refused(served, tmp_path):
+    future = tmp_path / "future.jsonl"
+    future.write_text('{"cluster": "c", "job": "1", "gpu_model": "A100", "gpus": 8, '
+                      '"start": "2026-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z"}\n')
+    result = gpuledger("import", str(future), "--server", served.url)
+    assert result.returncode == 2 and "end - start = 26663 days: expected at most 5 years in one row" in result.stderr
+    rows = [{"cluster": "c", "job": str(n), "gpu_model": "A100", "gpu_hours": 1.0,
+             "start": "2019-01-01T00:00:00Z", "end": "2023-12-31T00:00:00Z"} for n in range(25)]
+    answer = httpx.post(f"{served.url}/v1/usage/declared", json={"rows": rows}, timeout=30)
+    assert answer.status_code == 422 and "hours in all: expected at most 1,000,000 per request" in answer.json()["detail"]
+    rows = [{**rows[0], "start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z"}]
+    answer = httpx.post(f"{served.url}/v1/usage/declared", json={"rows": rows}, timeout=30)
+    assert answer.status_code == 422 and "rows[0]: end = 2099-01-02T00:00:00+00:00 is in the future" in answer.json()["detail"]

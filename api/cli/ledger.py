@@ -37,7 +37,9 @@ def import_command(
     nothing; a row with the same job, datacenter, GPU model, start and end replaces the old one.
     Needs an admin token when the server requires tokens.
     """
-    from collector.declared import DeclaredError, parse, to_json
+    import time
+
+    from collector.declared import MAX_HOURS_PER_IMPORT, DeclaredError, check_rows, parse, to_json
 
     fmt = format or ("jsonl" if file.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv")
     try:
@@ -47,10 +49,11 @@ def import_command(
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"{file}: cannot read it ({exc.strerror or exc}); check the path") from None
-        rows = [to_json(row) for row in parse(text, fmt)]
+        parsed = parse(text, fmt)
+        check_rows(parsed, time.time(), "row {n}", first=1)
         totals: dict[str, Any] = {"rows": 0, "added": 0, "updated": 0, "unchanged": 0, "jobs": set(), "defaults": set()}
-        for first in range(0, len(rows), CHUNK_ROWS):
-            answer = request("POST", server, "/v1/usage/declared", token, json={"rows": rows[first:first + CHUNK_ROWS]}).json()
+        for chunk in _chunks(parsed, MAX_HOURS_PER_IMPORT // 2):
+            answer = request("POST", server, "/v1/usage/declared", token, json={"rows": [to_json(r) for r in chunk]}).json()
             for key in ("rows", "added", "updated", "unchanged"):
                 totals[key] += answer[key]
             totals["jobs"] |= set(answer["jobs"])
@@ -63,6 +66,21 @@ def import_command(
                f"{totals['unchanged']} unchanged; jobs: {', '.join(sorted(totals['jobs']))}")
     for line in sorted(totals["defaults"]):
         typer.echo(f"gpuledger import: warning: {line}", err=True)
+
+
+def _chunks(rows: list[Any], max_hours: int) -> list[list[Any]]:
+    """Rows in requests of at most CHUNK_ROWS rows and ``max_hours`` hourly rollups each."""
+    from collector.declared import hours_of
+
+    chunks: list[list[Any]] = [[]]
+    hours = 0
+    for row in rows:
+        if chunks[-1] and (len(chunks[-1]) >= CHUNK_ROWS or hours + hours_of(row) > max_hours):
+            chunks.append([])
+            hours = 0
+        chunks[-1].append(row)
+        hours += hours_of(row)
+    return chunks
 
 
 def release_command(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.http.auth import AdminDep
 from api.http.deps import ConfigDep, EngineDep
-from collector.declared import COLUMNS, DeclaredError, validate
+from collector.declared import COLUMNS, DeclaredError, check_rows, validate
 from collector.declared_store import MeasuredJobConflict, store_declared
 
 router = APIRouter(tags=["usage"])
@@ -31,6 +31,7 @@ def import_declared(body: DeclaredIn, engine: EngineDep, config: ConfigDep, prin
     Without energy_kwh the energy is GPU-hours × TDP (or power_w), marked tdp_estimate."""
     try:
         rows = validate(body.rows)
+        check_rows(rows, time.time())
         result = store_declared(engine, rows, config.tdp, time.time())
     except DeclaredError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
