@@ -90,6 +90,7 @@ def test_bloom_declared_energy_and_embodied_split_from_the_papers_inputs(served)
     assert round(row["embodied_tco2e"], 1) == 11.2
     assert round(row["embodied_gpu_tco2e"], 2) == 3.64 and round(row["embodied_server_tco2e"], 2) == 7.58
     md = gpuledger("release", "bloom", "--server", served.url).stdout
+    assert "GPU energy: 100.0 % declared with imported usage." in md
     assert "| jean-zay/bloom-176b | NVIDIA A100-SXM4-80GB | 1,082,990 | 400 | 1.00 | 57 | 24.69 | - | 11.21 | 3.64 | 7.58 |" in md
     csv_text = httpx.get(f"{served.url}/v1/releases/bloom/footprint", params={"format": "csv"}, timeout=30).text
     assert csv_text.splitlines()[0].startswith("Convention,Job,GPU type,GPU-hours")

@@ -60,6 +60,18 @@ def job_row(report: dict[str, Any], config: LedgerConfig, convention: str) -> Fo
     return combine(parts, models, label=report["job_id"])
 
 
+def energy_note(card: dict[str, Any]) -> str:
+    """Where the GPU energy of the card comes from, so a "measured" row is never taken for more than it is."""
+    shares = [(card.get("energy_measured_fraction"), "measured by the GPUs' energy counters"),
+              (card.get("energy_declared_fraction"), "declared with imported usage"),
+              (card.get("energy_tdp_estimated_fraction"), "estimated from GPU-hours × TDP")]
+    stated = [f"{share * 100:.1f} % {what}" for share, what in shares if share]
+    rest = 1 - sum(share or 0.0 for share, _ in shares)
+    if rest > 5e-4:
+        stated.append(f"{rest * 100:.1f} % estimated from sampled power")
+    return f"GPU energy: {', '.join(stated) or 'none recorded'}.\n"
+
+
 def fields(row: Footprint) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__slots__}
 
@@ -84,6 +96,7 @@ def release_card(reports: list[dict[str, Any]], config: LedgerConfig, release: s
         markdown.append(model_card_markdown(rows, title, rounding=rounding, unit=chosen))
         csv_parts.append(model_card_csv(rows, rounding=rounding, unit=chosen))
     card["unit"] = chosen
+    markdown.append(energy_note(card))
     card["markdown"] = "\n".join(markdown)
     card["csv"] = csv_parts[0] + "".join(part.split("\n", 1)[1] for part in csv_parts[1:]) if csv_parts else ""
     return card
