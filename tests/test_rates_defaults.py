@@ -98,6 +98,8 @@ def test_defaults_are_named_at_start_up_and_in_the_report_and_unknown_regions_re
     assert report["rate_sources"]["grid_intensity_g_per_kwh"] == {"atlantis": "built-in default"}
     assert "grid_intensity_g_per_kwh[atlantis] = 475: built-in default" in report["defaults_used"]
     assert report["embodied_gpu_co2e_kg"] + report["embodied_server_co2e_kg"] == pytest.approx(report["embodied_co2e_kg"])
+    footprint = httpx.get(f"{server.url}/v1/jobs/c/2/footprint", params={"convention": "tdp"}, timeout=30).json()
+    assert "tdp_w[Acme X9 accelerator] = 700: built-in default" in footprint["defaults_used"]
     fr = httpx.get(f"{server.url}/v1/jobs/c/1/whatif", params={"region": "FR"}, timeout=30).json()
     assert fr["whatif"]["rates"]["grid_intensity_g_per_kwh"] == {"FR": 56.0}
     unknown = httpx.get(f"{server.url}/v1/jobs/c/1/whatif", params={"region": "atlantiss"}, timeout=30)

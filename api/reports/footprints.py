@@ -60,6 +60,15 @@ def job_row(report: dict[str, Any], config: LedgerConfig, convention: str) -> Fo
     return combine(parts, models, label=report["job_id"])
 
 
+def tdp_defaults(reports: list[dict[str, Any]], config: LedgerConfig) -> list[str]:
+    """The report's built-in defaults plus the TDPs (used by the tdp convention) that are built in."""
+    models = sorted({part["gpu_model"] for r in reports for part in r["breakdown"]})
+    lines = {line for r in reports for line in r["defaults_used"]}
+    lines |= {f"tdp_w[{m}] = {config.tdp(m):g}: built-in default"
+              for m in models if config.source("tdp_w", m) == "built-in default"}
+    return sorted(lines)
+
+
 def energy_note(card: dict[str, Any]) -> str:
     """Where the GPU energy of the card comes from, so a "measured" row is never taken for more than it is."""
     shares = [(card.get("energy_measured_fraction"), "measured by the GPUs' energy counters"),

@@ -14,7 +14,7 @@ from api.http.auth import AdminDep, NodeOrAdminDep, Principal, ReaderDep, author
 from api.http.deps import ConfigDep, EngineDep
 from api.http.schemas import BudgetIn, ProgressIn, ReleaseIn
 from api.queries import jobs as reads
-from api.reports.footprints import fields, model_rows
+from api.reports.footprints import fields, model_rows, tdp_defaults
 from api.reports.job import build_reports
 from collector.models import Job
 
@@ -74,7 +74,8 @@ def get_footprint(
         "energy_measured_fraction": report["energy_measured_fraction"],
         "energy_declared_fraction": report["energy_declared_fraction"],
         "energy_tdp_estimated_fraction": report["energy_tdp_estimated_fraction"],
-        "defaults_used": report["defaults_used"],
+        "tdp_w": {row.gpu_model: config.tdp(row.gpu_model) for row in rows},
+        "defaults_used": tdp_defaults([report], config),
     }
 
 

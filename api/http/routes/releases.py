@@ -13,7 +13,7 @@ from api.accounting.conventions import ROUNDINGS
 from api.http.auth import ReaderDep, account_scope
 from api.http.deps import ConfigDep, EngineDep
 from api.queries import jobs as reads
-from api.reports.footprints import release_card
+from api.reports.footprints import release_card, tdp_defaults
 from api.reports.job import build_reports
 
 router = APIRouter(tags=["releases"])
@@ -43,7 +43,7 @@ def release_footprint(
             "the release column of `gpuledger import`, or PUT /v1/jobs/{job_id}/release"))
     reports = build_reports(engine, jobs, config)
     card = release_card(reports, config, release, rounding=rounding, unit=None if unit == "auto" else unit)
-    card["defaults_used"] = sorted({line for r in reports for line in r["defaults_used"]})
+    card["defaults_used"] = tdp_defaults(reports, config)
     if format == "md":
         return PlainTextResponse(card["markdown"], media_type="text/markdown; charset=utf-8")
     if format == "csv":
