@@ -166,3 +166,23 @@ def test_future_or_oversized_declared_usage_is_refused(served, tmp_path):
     rows = [{**rows[0], "start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z"}]
     answer = httpx.post(f"{served.url}/v1/usage/declared", json={"rows": rows}, timeout=30)
     assert answer.status_code == 422 and "rows[0]: end = 2099-01-02T00:00:00+00:00 is in the future" in answer.json()["detail"]
+
+
+def test_import_straight_into_a_database_without_a_server(tmp_path):
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    args = ("import", str(FIXTURES / "llama2.csv"), "--db", db, "--config", str(FIXTURES / "llama2.toml"))
+    first = gpuledger(*args)
+    assert first.returncode == 0 and "4 rows: 4 added, 0 updated, 0 unchanged" in first.stdout, first.stderr
+    assert "4 rows: 0 added, 0 updated, 4 unchanged" in gpuledger(*args).stdout
+    from sqlalchemy import text
+
+    from collector.db import make_engine
+
+    engine = make_engine(db)
+    with engine.connect() as conn:
+        energy_j, estimated_j = conn.execute(text(
+            "SELECT SUM(energy_j), SUM(energy_estimated_j) FROM job_hours WHERE job_id = 'meta/llama-2-34b'")).one()
+    engine.dispose()
+    assert energy_j == pytest.approx(1_038_336 * 350 * 3600) and estimated_j == pytest.approx(energy_j)
+    missing = gpuledger("import", str(FIXTURES / "llama2.csv"), "--db", f"sqlite:///{tmp_path / 'no' / 'x.db'}")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

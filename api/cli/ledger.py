@@ -27,6 +27,12 @@ def import_command(
         show_default=False)] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    db: Annotated[str | None, typer.Option(
+        help="Write to this database directly instead of through --server  \\[default: none: through the server]",
+        show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="With --db: the server's TOML config, for the TDP of estimates  \\[default: none: built-in TDPs]",
+        show_default=False)] = None,
 ) -> None:
     """Import declared usage (GPU time no agent measured) into the ledger.
 
@@ -35,7 +41,8 @@ def import_command(
     an estimate), power_w (the estimate's per-GPU power instead of the TDP), datacenter
     (default "default"), name, user, account, release. Re-importing the same rows changes
     nothing; a row with the same job, datacenter, GPU model, start and end replaces the old one.
-    Needs an admin token when the server requires tokens.
+    Through the server it needs an admin token when the server requires tokens; with --db it
+    writes to the database itself (the TDP of estimates from --config).
     """
     import time
 
@@ -53,7 +60,11 @@ def import_command(
         check_rows(parsed, time.time(), "row {n}", first=1)
         totals: dict[str, Any] = {"rows": 0, "added": 0, "updated": 0, "unchanged": 0, "jobs": set(), "defaults": set()}
         for chunk in _chunks(parsed, MAX_HOURS_PER_IMPORT // 2):
-            answer = request("POST", server, "/v1/usage/declared", token, json={"rows": [to_json(r) for r in chunk]}).json()
+            if db is None:
+                payload = {"rows": [to_json(r) for r in chunk]}
+                answer = request("POST", server, "/v1/usage/declared", token, json=payload).json()
+            else:
+                answer = _store_directly(chunk, db, config)
             for key in ("rows", "added", "updated", "unchanged"):
                 totals[key] += answer[key]
             totals["jobs"] |= set(answer["jobs"])
@@ -66,6 +77,28 @@ def import_command(
                f"{totals['unchanged']} unchanged; jobs: {', '.join(sorted(totals['jobs']))}")
     for line in sorted(totals["defaults"]):
         typer.echo(f"gpuledger import: warning: {line}", err=True)
+
+
+def _store_directly(rows: list[Any], db: str, config_path: Path | None) -> dict[str, Any]:
+    """What POST /v1/usage/declared does, on the database itself."""
+    import time
+
+    from api.accounting.rates import ConfigError, load_config
+    from api.cli.database import open_db
+    from collector.declared_store import MeasuredJobConflict, store_declared
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise CliError(f"{exc}; fix the file") from None
+    engine = open_db(db)
+    try:
+        result = store_declared(engine, rows, config.tdp, time.time())
+    except MeasuredJobConflict as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        engine.dispose()
+    return {**vars(result), "defaults_used": config.defaults_used([r.gpu_model for r in rows])}
 
 
 def _chunks(rows: list[Any], max_hours: int) -> list[list[Any]]:
