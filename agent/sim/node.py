@@ -213,7 +213,8 @@ class SimulatedNode:
             jobs = self.gpus[sample.index].jobs_at(sample.time_s - self.epoch_s)
             if jobs:
                 result[sample.index] = tuple(
-                    JobRef(job.id, job.name, job.user, job.account, job.budget_usd, gpu_instance=job.gpu_instance)
+                    JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release,
+                           gpu_instance=job.gpu_instance)
                     for job in sorted(jobs, key=lambda j: j.id))
         return result
 

@@ -92,6 +92,7 @@ class JobSpec:
     cnp_per_s: float = 0.0
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
+    release: str | None = None  # as GPULEDGER_RELEASE in the job's environment
     gpu_instance: int | None = None
     pids: tuple[int, ...] = ()
 
@@ -209,6 +210,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
+        release=_get(table, where, "release", str, None),
         gpu_instance=_gpu_instance(table, where, [nodes[n] for n in job_nodes]),
         pids=_pids(table, where),
     )
