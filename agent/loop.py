@@ -75,6 +75,7 @@ class Agent:
         self._prev: dict[int, GpuSample] = {}
         self._owners: dict[int, Owners] = {}
         self._splits: dict[int, Split] = {}
+        self._lost: set[int] = set()
         self.segments = Segments()
         self._lazy_energy = hasattr(source, "read_energy")  # read the counter only where needed
         self._stop = threading.Event()
@@ -99,11 +100,16 @@ class Agent:
         and where its owners changed; in between, steps wait in ``segments``."""
         started = time.perf_counter()
         now_s = self.clock.now()
-        read = self.source.sample(now_s, energy=False) if self._lazy_energy else self.source.sample(now_s)
+        # Where the counter is needed anyway, read it with the sample (at its time); only an owner
+        # change between boundaries, known after attribution, reads it a little later.
+        unseen = self.gpus.keys() - self._prev.keys() - self._lost
+        early = not self._lazy_energy or boundary or bool(self._saved) or bool(unseen)
+        read = self.source.sample(now_s) if early else self.source.sample(now_s, energy=False)
+        self._lost.update(s.index for s in read if s.lost)
         samples = [s for s in read if not s.lost]
         owners = self.attributor.owners(samples)
-        if self._lazy_energy:
-            samples = [self._with_energy(s, owners, boundary) for s in samples]
+        if not early:
+            samples = [self._with_energy(s, owners) for s in samples]
         for lost in (s for s in read if s.lost and s.index in self.segments.anchors):
             self._account(lost.index, self.segments.drop(lost.index))
         if self._saved:
@@ -118,10 +124,10 @@ class Agent:
         if self.on_cycle is not None:
             self.on_cycle(time.perf_counter() - started)
 
-    def _with_energy(self, cur: GpuSample, owners: dict[int, Owners], boundary: bool) -> GpuSample:
+    def _with_energy(self, cur: GpuSample, owners: dict[int, Owners]) -> GpuSample:
         index = cur.index
         changed = _owner_key(owners.get(index, ())) != _owner_key(self._owners.get(index, ()))
-        if boundary or changed or self._saved or index not in self._prev:
+        if changed or index not in self._prev:
             return dataclasses.replace(cur, energy_mj=self.source.read_energy(index))
         return cur
 
