@@ -10,12 +10,15 @@ import prometheus_client
 import typer
 
 from agent.cli import agent_command
+from api.cli.slurm import reconcile_command, summary_command
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Live GPU-hours, energy, dollars and CO2e per training job.",
 )
 app.command("agent")(agent_command)
+app.command("summary")(summary_command)
+app.command("reconcile")(reconcile_command)
 
 
 @app.command()
