@@ -46,7 +46,7 @@ class SchedulerEventIn(Strict):
     array_task_id: Label | None = None
     het_job_id: Label | None = None
     het_job_offset: Label | None = None
-    node_list: LongText | None = Field(default=None, description="The job's nodes, as the scheduler writes them (e.g. `gpu[01-04]`).")
+    node_list: LongText | None = Field(default=None, description="The job's nodes as the scheduler writes them: `gpu[01-04]`.")
     alloc_gpus: int | None = Field(default=None, ge=0, le=1_000_000, description="GPUs allocated to the job, all nodes together.")
     state: Text | None = Field(default=None, description="The scheduler's final state (COMPLETED, FAILED, CANCELLED, ...).")
     exit_code: Text | None = None

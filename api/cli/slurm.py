@@ -37,7 +37,7 @@ def summary_command(
     job: Annotated[str, typer.Argument(help="Job id, cluster-scoped: <cluster>/<job id>.")],
     server: ServerOption = "http://127.0.0.1:8080",
     token: TokenOption = None,
-    append: Annotated[Path | None, typer.Option(help="Append the summary to this file (e.g. the job's output) instead of printing it.")] = None,
+    append: Annotated[Path | None, typer.Option(help="Append the summary to this file instead of printing it.")] = None,
 ) -> None:
     """Print a job's summary as the Slurm epilog appends it to the job's output: GPU-hours,
     busy share, kWh, $, kg CO2e, network verdict and a link to its page."""
@@ -90,7 +90,8 @@ def reconcile_command(
     server: ServerOption = "http://127.0.0.1:8080",
     token: TokenOption = None,
     cluster: Annotated[str | None, typer.Option(help="gpuledger's cluster label (default: sacct's cluster name).")] = None,
-    tolerance_s: Annotated[float, typer.Option(help="Difference allowed per allocated GPU, in GPU-seconds (sampling interval and Slurm's whole seconds).")] = 30.0,
+    tolerance_s: Annotated[float, typer.Option(
+        help="Difference allowed per allocated GPU, in GPU-seconds (sampling interval + Slurm's whole seconds).")] = 30.0,
     format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
     """Per job: gpuledger's GPU-hours beside sacct's (AllocTRES gres/gpu × Elapsed), the

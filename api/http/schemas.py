@@ -97,7 +97,7 @@ class JobSummary(Usage):
     network_congestion: str | None = Field(
         default=None, description="The network report's verdict: none, moderate, heavy or unknown; null without NIC data."
     )
-    scheduler: SchedulerInfo | None = Field(default=None, description="The scheduler's metadata; null for a job no scheduler reported.")
+    scheduler: SchedulerInfo | None = Field(default=None, description="The scheduler's metadata; null if none reported the job.")
 
 
 class NetworkNode(BaseModel):

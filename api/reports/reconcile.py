@@ -173,7 +173,8 @@ def reconcile_rows(jobs: list[SacctJob], reports: dict[str, dict[str, Any] | Non
 
 
 def render_rows(rows: list[dict[str, Any]]) -> str:
-    header = f"{'job':<14} {'user':<10} {'account':<10} {'gpus':>4} {'sacct GPU-h':>12} {'gpuledger GPU-h':>15} {'diff GPU-h':>11}  cause"
+    header = (f"{'job':<14} {'user':<10} {'account':<10} {'gpus':>4} {'sacct GPU-h':>12} {'gpuledger GPU-h':>15} "
+              f"{'diff GPU-h':>11}  cause")
     lines = [header]
     for row in rows:
         ours = "-" if row["gpuledger_gpu_hours"] is None else f"{row['gpuledger_gpu_hours']:.4f}"

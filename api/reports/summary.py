@@ -39,7 +39,7 @@ def _span(start: datetime | str | None, end: datetime | str | None) -> str:
         return ""
     start_dt = datetime.fromisoformat(start.replace("Z", "+00:00")) if isinstance(start, str) else start
     end_dt = datetime.fromisoformat(end.replace("Z", "+00:00")) if isinstance(end, str) else end
-    seconds = max(int(round((end_dt - start_dt).total_seconds())), 0)
+    seconds = max(round((end_dt - start_dt).total_seconds()), 0)
     return f" ({seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d})"
 
 
