@@ -17,12 +17,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from collector.ingest import FUTURE_TOLERANCE_S, BatchRejected
 from collector.models import ENDED, RUNNING, Job
 from collector.pieces import job_key
-from collector.schemas import ClusterLabel, Label, Seconds, Strict, Text
+from collector.schemas import ClusterLabel, Label, Strict, Text
 
 jobs_t = Job.__table__
 LongText = Annotated[str, StringConstraints(max_length=4096)]
+Time = Annotated[float, Field(ge=0, le=1e10)]  # Unix seconds, before the year 2286
 METADATA = ("name", "user", "account", "partition", "qos", "array_job_id", "array_task_id",
             "het_job_id", "het_job_offset", "node_list", "alloc_gpus")
 
@@ -35,8 +37,8 @@ class SchedulerEventIn(Strict):
     cluster: ClusterLabel
     job: Label = Field(description="The scheduler's job id (Slurm: SLURM_JOB_ID, also for array tasks).")
     node: Label = Field(description="The node sending the event; a node token may only send its own.")
-    start_s: Seconds | None = Field(default=None, description="The scheduler's start time (Unix s); required for `start`.")
-    end_s: Seconds | None = Field(default=None, description="The scheduler's end time (Unix s); required for `end`.")
+    start_s: Time | None = Field(default=None, description="The scheduler's start time (Unix s); required for `start`.")
+    end_s: Time | None = Field(default=None, description="The scheduler's end time (Unix s); required for `end`.")
     name: Text | None = None
     user: Text | None = None
     account: Text | None = None
@@ -66,6 +68,14 @@ class SchedulerEventIn(Strict):
         return job_key(self.cluster, self.job)
 
 
+def check_event(event: SchedulerEventIn, now_s: float) -> None:
+    """What validates only against the collector's clock; raises BatchRejected (a 422)."""
+    for name in ("start_s", "end_s"):
+        value = getattr(event, name)
+        if value is not None and value > now_s + FUTURE_TOLERANCE_S:
+            raise BatchRejected(f"{name} = {value} is {value - now_s:.0f} s in the future (clock skew?)")
+
+
 def record_event(engine: Engine, event: SchedulerEventIn) -> dict[str, Any]:
     """Apply a start or end event; returns the job's row afterwards."""
     for attempt in range(2):
@@ -91,7 +101,7 @@ def _apply(conn: Connection, event: SchedulerEventIn) -> dict[str, Any]:
         changed = {k: v for k, v in new.items() if old.get(k) != v}
         if changed:
             conn.execute(jobs_t.update().where(jobs_t.c.job_id == event.job_id).values(**changed))
-    return {**(old or {}), **new}
+    return dict(conn.execute(select(jobs_t).where(jobs_t.c.job_id == event.job_id)).one()._mapping)
 
 
 def _merge(old: dict[str, Any] | None, event: SchedulerEventIn) -> dict[str, Any]:

@@ -98,6 +98,8 @@ def test_silence_stays_the_fallback(engine: Engine, client: TestClient) -> None:
     ({"event": "end", "end_s": START_S - 1}, f"end_s = {START_S - 1} is before start_s = {START_S}"),
     ({"alloc_gpus": -1}, "Input should be greater than or equal to 0"),
     ({"event": "stop"}, "Input should be 'start' or 'end'"),
+    ({"start_s": 1e300}, "Input should be less than or equal to 10000000000"),
+    ({"start_s": 9e9}, "start_s = 9000000000.0 is"),
 ])
 def test_bad_events_are_rejected_naming_the_field(client: TestClient, change: dict[str, Any], message: str) -> None:
     response = client.post("/v1/scheduler/events", json=event(**change))

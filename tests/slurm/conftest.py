@@ -36,6 +36,7 @@ PACKAGES = "munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 MYSQL = ["mysql", "-h", "127.0.0.1", "-P", "3306", "-u", os.environ.get("GPULEDGER_TEST_MYSQL_USER", "root")]
 CLUSTER, NODE = "glslurm", "gpunode1"
 INTERVAL_S, PUSH_INTERVAL_S = 1.0, 2.0
+MAPPED_UTILIZATION = 0.8  # the simulated GPUs run the Slurm jobs mapped onto them at this
 
 
 def unavailable() -> str | None:
@@ -176,6 +177,7 @@ model = "NVIDIA H100 80GB HBM3"
 idle_w = 70.0
 busy_w = 650.0
 tdp_w = 700.0
+mapped_utilization = {MAPPED_UTILIZATION}
 """)
 
 

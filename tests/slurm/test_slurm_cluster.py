@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from api.reports.summary import FOOTER, HEADER
-from tests.slurm.conftest import CLUSTER, INTERVAL_S, PUSH_INTERVAL_S, SlurmCluster
+from tests.slurm.conftest import CLUSTER, INTERVAL_S, MAPPED_UTILIZATION, PUSH_INTERVAL_S, SlurmCluster
 
 # Slurm's times are whole seconds: its Elapsed can be a second off the exact allocation.
 SLURM_RESOLUTION_S = 1.0
@@ -101,6 +101,12 @@ def test_gpuledger_agrees_with_slurm(ran: Ran, kind: str) -> None:
         expected_gpu_s = gpus * job["time"]["elapsed"]
         assert abs(report["gpu_hours"] * 3600 - expected_gpu_s) <= (INTERVAL_S + SLURM_RESOLUTION_S) * gpus, (
             f"{kind} {raw}: gpuledger {report['gpu_hours'] * 3600:.1f} GPU-s, sacct {expected_gpu_s} GPU-s")
+        # The simulated GPUs run the job from the first whole second after its mapping appears.
+        busy_share = report["busy_gpu_hours"] / report["gpu_hours"]
+        assert MAPPED_UTILIZATION * 0.95 * (1 - 1.5 / job["time"]["elapsed"]) <= busy_share <= MAPPED_UTILIZATION * 1.05
+        print(f"SLURM {kind:<10} {raw:>3}: {gpus} GPUs, sacct {expected_gpu_s:5.0f} GPU-s, gpuledger "
+              f"{report['gpu_hours'] * 3600:7.1f} GPU-s, end {_ts(report['ended_at']) - job['time']['end']:+.1f} s, "
+              f"data end {_ts(report['last_seen_at']) - job['time']['end']:+.1f} s, busy {busy_share:.0%}")
         text = _output(ran, kind, job).read_text()
         assert text.endswith(FOOTER + "\n"), text[-600:]
         block = text[text.rindex(HEADER):]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Request
@@ -12,7 +13,8 @@ from api.http.auth import NodeOrAdminDep, Principal, ReaderDep
 from api.http.deps import ConfigDep, EngineDep
 from api.http.routes.jobs import visible_job
 from api.reports.summary import job_report, render_summary
-from collector.scheduler import SchedulerEventIn, record_event
+from collector.ingest import BatchRejected
+from collector.scheduler import SchedulerEventIn, check_event, record_event
 
 router = APIRouter(tags=["scheduler"])
 
@@ -44,6 +46,10 @@ def scheduler_event(
     """A job started (prolog) or ended (epilog): the scheduler's times and metadata win over
     what agents inferred. A node token may only send events for its own node."""
     _authorize(principal, event)
+    try:
+        check_event(event, time.time())
+    except BatchRejected as exc:
+        raise HTTPException(status_code=422, detail=f"event rejected: {exc}") from None
     row = record_event(engine, event)
     text = None
     if summary and event.event == "end":
