@@ -166,3 +166,23 @@ def test_reconcile_with_sacct(ran: Ran, tmp_path: Path) -> None:
             assert rows["999999"]["cause"].startswith("outside gpuledger's records"), rows["999999"]
         else:
             assert set(rows) == set(expected)
+
+
+def test_summary_command_prints_and_appends_the_final_figures(ran: Ran, tmp_path: Path) -> None:
+    (job,) = ran.jobs("single-gpu")
+    report = ran.cluster.report(str(job["job_id"]))
+    target = tmp_path / "job.out"
+    target.write_text("done\n")
+    for extra in ((), ("--append", str(target))):
+        result = subprocess.run(
+            [sys.executable, "-m", "api.cli.main", "summary", f"{CLUSTER}/{job['job_id']}", "--server", ran.cluster.server.url,
+             "--token", ran.cluster.admin_token, *extra], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        text = target.read_text().split("done\n\n", 1)[1] if extra else result.stdout
+        assert text.startswith(HEADER) and text.endswith(FOOTER + "\n")
+        assert f"GPU-hours:       {report['gpu_hours']:.4f}\n" in text
+        assert f"Cost:            ${report['cost_usd']:.2f}\n" in text
+    missing = subprocess.run([sys.executable, "-m", "api.cli.main", "summary", f"{CLUSTER}/999999", "--server",
+                              ran.cluster.server.url, "--token", ran.cluster.admin_token], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert f"gpuledger summary: error: 404: job_id '{CLUSTER}/999999' not found" in missing.stderr
