@@ -17,7 +17,7 @@ ServerOption = Annotated[str, typer.Option(envvar="GPULEDGER_SERVER", help="Serv
 TokenOption = Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="A reader token, when the server requires one.")]
 
 
-def _fail(command: str, message: str, code: int = 1) -> None:
+def _fail(command: str, message: str, code: int = 2) -> None:
     typer.echo(f"gpuledger {command}: error: {message}", err=True)
     raise typer.Exit(code)
 

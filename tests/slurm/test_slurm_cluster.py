@@ -184,5 +184,5 @@ def test_summary_command_prints_and_appends_the_final_figures(ran: Ran, tmp_path
         assert f"Cost:            ${report['cost_usd']:.2f}\n" in text
     missing = subprocess.run([sys.executable, "-m", "api.cli.main", "summary", f"{CLUSTER}/999999", "--server",
                               ran.cluster.server.url, "--token", ran.cluster.admin_token], capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # every CLI failure, as api.cli.client
     assert f"gpuledger summary: error: 404: job_id '{CLUSTER}/999999' not found" in missing.stderr

@@ -1,15 +1,15 @@
 """scheduler lifecycle and metadata on jobs (Slurm prolog/epilog events)
 
-Revision ID: 0006_scheduler
-Revises: 0005
+Revision ID: 0007_scheduler
+Revises: d17_declared_usage
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_scheduler'
-down_revision = '0005'
+revision = '0007_scheduler'
+down_revision = 'd17_declared_usage'
 branch_labels = None
 depends_on = None
 
