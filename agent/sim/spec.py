@@ -20,6 +20,7 @@ nvml_cost = "h200"           # each NVML call costs the CPU time measured on an 
 mig = [3, 2, 2]              # MIG on, GPU instances 1, 2, 3 with these compute slices (of 7)
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
+mapped_utilization = 0.9     # with --job-mapping-dir: a GPU the scheduler's mapping names runs at this
 
 [[jobs]]
 id = "1001"
@@ -72,6 +73,7 @@ class NodeSpec:
     datacenter: str | None = None
     nics: int = 0
     nic_rate_gbps: float = 400.0
+    mapped_utilization: float = 0.9
     driver_version: str = "580.95.05"
     nvml_cost: str | None = None
     mig: tuple[int, ...] | None = None  # compute slices of GPU instances 1, 2, ...
@@ -141,6 +143,13 @@ def _number(table: dict[str, Any], where: str, key: str, default: Any = ..., low
     return value
 
 
+def _fraction(table: dict[str, Any], where: str, key: str, default: float) -> float:
+    value = _number(table, where, key, default)
+    if value > 1:
+        raise SpecError(f"{where}.{key} = {value}: expected a fraction between 0 and 1")
+    return value
+
+
 def _node(table: dict[str, Any], where: str) -> NodeSpec:
     idle_w = _number(table, where, "idle_w")
     busy_w = _number(table, where, "busy_w")
@@ -158,6 +167,7 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         datacenter=_get(table, where, "datacenter", str, None),
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
+        mapped_utilization=_fraction(table, where, "mapped_utilization", 0.9),
         driver_version=_get(table, where, "driver_version", str, "580.95.05"),
         nvml_cost=_nvml_cost(table, where),
         mig=_mig(table, where),
@@ -193,9 +203,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
     end_s = _number(table, where, "end_s") if "end_s" in table else math.inf
     if end_s <= start_s:
         raise SpecError(f"{where}.end_s = {end_s}: expected > start_s ({start_s})")
-    utilization = _number(table, where, "utilization", 0.9)
-    if utilization > 1:
-        raise SpecError(f"{where}.utilization = {utilization}: expected a fraction between 0 and 1")
+    utilization = _fraction(table, where, "utilization", 0.9)
     return JobSpec(
         id=str(_get(table, where, "id", (str, int))),
         nodes=job_nodes,
