@@ -34,10 +34,11 @@ def _checked_step(step_s: int | None) -> int | None:
 
 def _series(job_id: str, engine: Engine, config: LedgerConfig, principal: Principal, step_s: int | None) -> JobSeries:
     job = visible_job(engine, job_id, principal)
-    window = series.fine_window(job, time.time(), config.retention.raw_days, _checked_step(step_s))
+    window = series.fine_window(job, time.time(), config.retention.raw_days, _checked_step(step_s),
+                                config.retention.minute_days)
     (report,) = build_reports(engine, [job], config)
     return JobSeries(
-        job_id=job_id, as_of=now(), step_s=window.step_s, fine_from_s=window.fine_from_s,
+        job_id=job_id, as_of=now(), step_s=window.step_s, fine_from_s=window.fine_from_s, fine_tier=window.tier,
         budget_usd=job["budget_usd"], budget_co2e_kg=job["budget_co2e_kg"], forecast=series.forecast(report),
         gpu=series.gpu_series(engine, config, job, window), network=series.network_series(engine, job),
     )
