@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, case, func, literal, select
 
-from api.accounting.pricing import UsageRow
+from api.accounting.pricing import GroupedUsage, UsageRow
 from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour
 from collector.pieces import UNALLOCATED
 
@@ -51,6 +51,33 @@ def usage(engine: Engine, job_ids: list[str]) -> dict[str, list[UsageRow]]:
     with engine.connect() as conn:
         for job_id, *values in conn.execute(query):
             result[job_id].append(UsageRow(*values))
+    return result
+
+
+def usage_grouped(
+    engine: Engine, job_ids: list[str], boundaries: list[int], regions: dict[str, str], other_region: str
+) -> dict[str, list[GroupedUsage]]:
+    """Each job's hourly rollups summed in SQL per (datacenter, GPU model, period between two
+    ``boundaries``), the stored hourly intensity of the datacenter's region applied in the sums."""
+    h, g = hours_t.c, grid_t.c
+    region = (case(*((h.datacenter == name, literal(r)) for name, r in sorted(regions.items())), else_=literal(other_region))
+              if regions else literal(other_region))
+    period = sum((case((h.hour_s >= b, 1), else_=0) for b in boundaries), literal(0))
+    has = g.g_per_kwh.is_not(None)
+    query = (
+        select(h.job_id, func.min(h.hour_s), h.datacenter, h.gpu_model, func.sum(h.gpu_seconds),
+               func.sum(h.busy_gpu_seconds), func.sum(h.energy_j), func.sum(h.energy_counter_j), func.count(),
+               func.sum(case((has, h.gpu_seconds), else_=0.0)), func.sum(case((has, h.energy_j), else_=0.0)),
+               func.coalesce(func.sum(h.gpu_seconds * g.g_per_kwh), 0.0), func.coalesce(func.sum(h.energy_j * g.g_per_kwh), 0.0),
+               func.count(g.g_per_kwh), func.min(g.g_per_kwh), func.max(g.g_per_kwh))
+        .select_from(hours_t.outerjoin(grid_t, (g.region == region) & (g.hour_s == h.hour_s)))
+        .where(h.job_id.in_(job_ids))
+        .group_by(h.job_id, h.datacenter, h.gpu_model, period)
+    )
+    result: dict[str, list[GroupedUsage]] = defaultdict(list)
+    with engine.connect() as conn:
+        for job_id, *values in conn.execute(query):
+            result[job_id].append(GroupedUsage(*values))
     return result
 
 
