@@ -24,7 +24,7 @@ CONFIG = LedgerConfig.model_validate({
 })
 
 
-def _store(engine) -> None:
+def _store(engine, with_series: bool = True) -> None:
     hours = []
     for h in range(60):  # 60 hours across both rate changes (H0 is 2024-10-04T00:00Z)
         for dc, model, gpus in (("east", "NVIDIA H100 80GB HBM3", 16), ("west", "NVIDIA A100-SXM4-80GB", 8),
@@ -39,7 +39,8 @@ def _store(engine) -> None:
               "estimated": False, "updated_at_s": 0.0} for h in range(60)]  # one value, every hour
     with engine.begin() as conn:
         conn.execute(insert(JobHour.__table__), hours)
-        conn.execute(insert(GridIntensity.__table__), grid)
+        if with_series:
+            conn.execute(insert(GridIntensity.__table__), grid)
 
 
 def _close(a, b) -> None:
@@ -70,3 +71,13 @@ def test_grouped_pricing_equals_pricing_hour_by_hour(engine):
     _close(price_grouped(groups, CONFIG, "c"), expected)
     assert expected["rates"]["grid_intensity_g_per_kwh"]["US-WEST"] == 200.0  # one series value: said as is
     assert 0 < expected["rates"]["intensity_hourly_fraction"]["US-EAST"] < 1
+
+
+@BACKENDS
+def test_grouped_pricing_without_any_hourly_series(engine):
+    _store(engine, with_series=False)
+    rows = reads.usage(engine, ["c/1"])["c/1"]
+    groups = reads.usage_grouped(engine, ["c/1"], rate_boundaries(CONFIG), *regions(CONFIG))["c/1"]
+    expected = price(rows, CONFIG, "c", {})
+    _close(price_grouped(groups, CONFIG, "c"), expected)
+    assert expected["rates"]["grid_intensity_g_per_kwh"] == {"US-EAST": 380.0, "US-WEST": 250.0, "default": 475.0}

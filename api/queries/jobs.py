@@ -60,9 +60,11 @@ def usage_grouped(
     """Each job's hourly rollups summed in SQL per (datacenter, GPU model, period between two
     ``boundaries``), the stored hourly intensity of the datacenter's region applied in the sums."""
     h, g = hours_t.c, grid_t.c
+    if not _any_intensity(engine, {*regions.values(), other_region}):  # no hour to join: sums only
+        return _usage_summed(engine, job_ids, boundaries)
     region = (case(*((h.datacenter == name, literal(r)) for name, r in sorted(regions.items())), else_=literal(other_region))
               if regions else literal(other_region))
-    period = sum((case((h.hour_s >= b, 1), else_=0) for b in boundaries), literal(0))
+    period = _period(boundaries)
     has = g.g_per_kwh.is_not(None)
     query = (
         select(h.job_id, func.min(h.hour_s), h.datacenter, h.gpu_model, func.sum(h.gpu_seconds),
@@ -73,6 +75,31 @@ def usage_grouped(
         .select_from(hours_t.outerjoin(grid_t, (g.region == region) & (g.hour_s == h.hour_s)))
         .where(h.job_id.in_(job_ids))
         .group_by(h.job_id, h.datacenter, h.gpu_model, period)
+    )
+    result: dict[str, list[GroupedUsage]] = defaultdict(list)
+    with engine.connect() as conn:
+        for job_id, *values in conn.execute(query):
+            result[job_id].append(GroupedUsage(*values))
+    return result
+
+
+def _period(boundaries: list[int]) -> Any:
+    return sum((case((hours_t.c.hour_s >= b, 1), else_=0) for b in boundaries), literal(0))
+
+
+def _any_intensity(engine: Engine, regions: set[str]) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(grid_t.c.hour_s).where(grid_t.c.region.in_(sorted(regions))).limit(1)).first() is not None
+
+
+def _usage_summed(engine: Engine, job_ids: list[str], boundaries: list[int]) -> dict[str, list[GroupedUsage]]:
+    """``usage_grouped`` where no region of the configuration has an hourly series."""
+    h = hours_t.c
+    query = (
+        select(h.job_id, func.min(h.hour_s), h.datacenter, h.gpu_model, func.sum(h.gpu_seconds),
+               func.sum(h.busy_gpu_seconds), func.sum(h.energy_j), func.sum(h.energy_counter_j), func.count())
+        .where(h.job_id.in_(job_ids))
+        .group_by(h.job_id, h.datacenter, h.gpu_model, _period(boundaries))
     )
     result: dict[str, list[GroupedUsage]] = defaultdict(list)
     with engine.connect() as conn:

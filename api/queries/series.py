@@ -154,7 +154,7 @@ def nodes_latest_end(engine: Engine, job_id: str, since_s: float) -> dict[str, f
     query = (select(p.node, func.max(c.end_s)).select_from(_raw_with_places())
              .where(c.job_key == _key_of(job_id), c.end_s > since_s).group_by(p.node))
     with engine.connect() as conn:
-        return dict(conn.execute(query).tuples().all())
+        return dict(conn.execute(query).all())
 
 
 NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits")
