@@ -9,12 +9,14 @@ serialised once from the model (no second validation by the route's response mod
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-NOT_MODIFIED = {304: {"description": "Not modified: the answer is the one whose ETag was sent in If-None-Match."}}
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the answer is the one whose ETag was sent in If-None-Match."}}
 HEADERS = {"Cache-Control": "no-cache"}  # a cache may keep it, and must ask again each time
 
 
