@@ -21,7 +21,7 @@ from collector import partitions
 from collector.models import MINUTE_TABLE, RAW_TABLE
 
 DAY_S = 86400.0
-FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 1000, 50, 50_000
+FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 500, 50, 10_000
 
 
 @dataclass(frozen=True, slots=True)
