@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, SmallInteger, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -9,7 +11,13 @@ RUNNING = "running"
 ENDED = "ended"
 
 
-class IngestedBatch(SQLModel, table=True):
+class TableModel(SQLModel):
+    """A table's model; ``__table__`` typed for the Core statements that read and write it."""
+
+    __table__: ClassVar[Table]
+
+
+class IngestedBatch(TableModel, table=True):
     """Identity of every applied batch: the same (node, boot_id, seq) is never applied twice."""
 
     __tablename__ = "ingested_batches"
@@ -26,7 +34,7 @@ MINUTE_TABLE = "job_minutes"
 MINUTE_S = 60  # width of the minute tier's buckets
 
 
-class JobKey(SQLModel, table=True):
+class JobKey(TableModel, table=True):
     """A small integer for each job id, so the raw and minute tiers do not repeat the string."""
 
     __tablename__ = "job_keys"
@@ -34,7 +42,7 @@ class JobKey(SQLModel, table=True):
     job_id: str = Field(max_length=300, unique=True)
 
 
-class Place(SQLModel, table=True):
+class Place(TableModel, table=True):
     """A node with its datacenter and GPU model: what the minute tier is rolled up by."""
 
     __tablename__ = "places"
@@ -45,7 +53,7 @@ class Place(SQLModel, table=True):
     gpu_model: str = Field(max_length=128)
 
 
-class GpuKey(SQLModel, table=True):
+class GpuKey(TableModel, table=True):
     """A GPU (UUID) at a place; raw intervals carry its id."""
 
     __tablename__ = "gpu_keys"
@@ -75,7 +83,7 @@ RawInterval = Table(
 )
 
 
-class JobMinute(SQLModel, table=True):
+class JobMinute(TableModel, table=True):
     """Per-minute rollup per (job, place), written with the raw intervals on ingest; the charts
     of the weeks after the raw intervals are gone. Range-partitioned by minute_s on PostgreSQL."""
 
@@ -90,7 +98,7 @@ class JobMinute(SQLModel, table=True):
     energy_counter_j: float
 
 
-class Job(SQLModel, table=True):
+class Job(TableModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_first_seen_s", "first_seen_s"),)
     job_id: str = Field(primary_key=True, max_length=300)  # "<cluster>/<local id>"
@@ -111,7 +119,7 @@ class Job(SQLModel, table=True):
     progress_at_s: float | None = None
 
 
-class JobHour(SQLModel, table=True):
+class JobHour(TableModel, table=True):
     """Hourly rollup per (job, hour, datacenter, GPU model), maintained incrementally on ingest."""
 
     __tablename__ = "job_hours"
@@ -125,7 +133,7 @@ class JobHour(SQLModel, table=True):
     energy_counter_j: float  # the part of energy_j measured by the hardware counter
 
 
-class JobGpu(SQLModel, table=True):
+class JobGpu(TableModel, table=True):
     """Every GPU a job has run on, for its node and GPU counts."""
 
     __tablename__ = "job_gpus"
@@ -134,7 +142,7 @@ class JobGpu(SQLModel, table=True):
     gpu_uuid: str = Field(primary_key=True, max_length=128)
 
 
-class JobNetHour(SQLModel, table=True):
+class JobNetHour(TableModel, table=True):
     """Hourly RoCE rollup per (job, hour, node). A counter no port reported stays NULL."""
 
     __tablename__ = "job_net_hours"
@@ -160,7 +168,7 @@ class JobNetHour(SQLModel, table=True):
     link_down_port_seconds: float
 
 
-class GridIntensity(SQLModel, table=True):
+class GridIntensity(TableModel, table=True):
     """Hourly grid carbon intensity per region (imported or fetched from a provider)."""
 
     __tablename__ = "grid_intensity"
