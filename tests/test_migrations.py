@@ -62,6 +62,9 @@ OLD_ROWS = [
 ]
 
 
+HOURS = "SELECT job_id, hour_s, datacenter, gpu_model, gpu_seconds, busy_gpu_seconds, energy_j, energy_counter_j FROM job_hours"
+
+
 def _populate_0005(engine) -> None:
     rows = [{"node": n, "seq": i, "dc": dc, "uuid": u, "model": m, "job": j, "start": s, "end": e, "gs": e - s,
              "busy": (e - s) / 2, "energy": en, "method": meth, "mem": 1 << 33}
@@ -82,7 +85,7 @@ def test_upgrade_carries_raw_intervals_into_keyed_rows_and_minutes(db_url):
     upgrade(engine, "0005")
     _populate_0005(engine)
     with engine.connect() as conn:
-        report_before = conn.execute(text("SELECT * FROM job_hours")).all()
+        report_before = conn.execute(text(HOURS)).all()
     upgrade(engine)
     with engine.connect() as conn:
         raw = conn.execute(text(
@@ -92,7 +95,7 @@ def test_upgrade_carries_raw_intervals_into_keyed_rows_and_minutes(db_url):
         minutes = {(job, node, m): (gs, e, counter) for job, node, m, gs, e, counter in conn.execute(text(
             "SELECT j.job_id, p.node, m.minute_s, m.gpu_seconds, m.energy_j, m.energy_counter_j FROM job_minutes m "
             "JOIN job_keys j ON j.id = m.job_key JOIN places p ON p.id = m.place_key"))}
-        assert conn.execute(text("SELECT * FROM job_hours")).all() == report_before
+        assert conn.execute(text(HOURS)).all() == report_before
     codes = {"counter": 0, "power_integrated": 1, "power_instant": 2, "none": 3, "counter_gap": 4}
     expected = sorted(((n, dc, u, m, j, s, e, en, codes[meth], e - s, 1 << 33) for n, dc, u, m, j, s, e, en, meth in OLD_ROWS),
                       key=lambda r: (r[5], r[2]))
