@@ -5,8 +5,8 @@ gpu_keys), derives job_minutes from them, and drops gpu_intervals. On PostgreSQL
 tables are range-partitioned; the migrated rows land in their DEFAULT partitions, which
 retention prunes row by row, and the server creates the day partitions from then on.
 
-Revision ID: 0007_storage_tiers
-Revises: d17_declared_usage
+Revision ID: 0008_storage_tiers
+Revises: 0007_scheduler
 Create Date: 2026-12-01
 """
 
@@ -20,8 +20,8 @@ from collector.db import insert_for
 from collector.partitions import create_default_partitions
 from collector.pieces import split_by_step
 
-revision = '0007_storage_tiers'
-down_revision = 'd17_declared_usage'
+revision = '0008_storage_tiers'
+down_revision = '0007_scheduler'
 branch_labels = None
 depends_on = None
 
