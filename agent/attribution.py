@@ -2,8 +2,11 @@
 
 1. a dcgm-exporter compatible job-mapping directory (one file per GPU index, or
    ``<gpu>.<gpu_instance>`` for MIG, each line a job id), written by Slurm prolog/epilog;
-2. the processes on the GPU: ``/proc/<pid>/environ`` then ``/proc/<pid>/cgroup``;
-3. otherwise nobody: the GPU is unallocated.
+2. on Kubernetes, the kubelet's pod-resources API and the pods' owner labels
+   (``agent.kubernetes.owners.KubernetesOwners``);
+3. the processes on the GPU: ``/proc/<pid>/environ`` then ``/proc/<pid>/cgroup``;
+4. otherwise nobody: the GPU is unallocated.
+Each source is optional; ``agent/cli.py`` puts the configured ones in this order.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class JobRef:
     account: str | None = None
     budget_usd: float | None = None
     budget_co2e_kg: float | None = None
+    namespace: str | None = None  # Kubernetes: the job's namespace, and its pods on this node
+    pods: tuple[str, ...] = ()
 
 
 Owners = tuple[JobRef, ...]  # several owners share the GPU equally; empty: unallocated
@@ -170,4 +175,5 @@ class Attributor:
 
 
 def _richness(job: JobRef) -> int:
-    return sum(value is not None for value in (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg))
+    fields = (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg, job.namespace)
+    return sum(value is not None for value in fields) + bool(job.pods)

@@ -60,6 +60,28 @@ def agent_command(
     interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
     push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
     job_mapping_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
+    pod_resources_socket: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_POD_RESOURCES_SOCKET",
+        help="Kubernetes: the kubelet's pod-resources socket (/var/lib/kubelet/pod-resources/kubelet.sock): GPUs to pods, "
+             "asked after the job-mapping dir and before /proc. Needs gpuledger[kubernetes].")] = None,
+    kube_pods: Annotated[str, typer.Option(
+        envvar="GPULEDGER_KUBE_PODS",
+        help="Where pod labels are read: 'apiserver' (in-cluster service account), 'apiserver=URL', "
+             "the kubelet's /pods URL (read-only port), or 'none'.")] = "apiserver",
+    kube_owner_label: Annotated[list[str] | None, typer.Option(
+        help="Pod label naming the training job, in order (repeat the option) [default: training.kubeflow.org/job-name, "
+             "jobset.sigs.k8s.io/jobset-name, ray.io/cluster]; then the owning Job, then the pod itself.")] = None,
+    kube_account: Annotated[str, typer.Option(
+        envvar="GPULEDGER_KUBE_ACCOUNT",
+        help="A Kubernetes job's account: 'namespace', 'label:KEY' (pod label) or 'namespace-label:KEY'; "
+             "a missing label falls back to the namespace.")] = "namespace",
+    kube_pods_refresh: Annotated[float, typer.Option(
+        help="Seconds between pod-list reads (a pod not yet known is looked up sooner).")] = 10.0,
+    kube_token_file: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_KUBE_TOKEN_FILE",
+        help="Bearer token for --kube-pods apiserver=URL or an authenticated kubelet.")] = None,
+    proc_attribution: Annotated[bool, typer.Option(
+        help="Attribute GPUs through the processes on them (/proc environ and cgroup).")] = True,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
     sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
     state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
@@ -82,7 +104,19 @@ def agent_command(
     sources: list[OwnerSource] = []
     if job_mapping_dir is not None:
         sources.append(JobMappingDir(job_mapping_dir))
-    sources.append(ProcessOwners(proc_root))
+    kube = None
+    if pod_resources_socket is not None:
+        from agent.kubernetes.setup import KubeConfigError, kubernetes_source  # grpc only when asked for
+
+        try:
+            kube = kubernetes_source(node, pod_resources_socket, kube_pods, kube_owner_label or (), kube_account,
+                                     kube_pods_refresh, kube_token_file)
+        except KubeConfigError as exc:
+            _fail(str(exc))
+        assert kube is not None
+        sources.append(kube)
+    if proc_attribution:
+        sources.append(ProcessOwners(proc_root))
     source: GpuSource
     if simulate is not None:
         from agent.sim.node import SimulatedNode, announce
@@ -115,6 +149,8 @@ def agent_command(
         )
     except NvmlUnavailable as exc:
         _fail(str(exc))
+    if kube is not None:
+        kube.bind(agent.gpus)  # device ids in pod-resources are GPU UUIDs
     metrics_server = _serve_metrics(agent, metrics_address, metrics_port) if metrics_port else None
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())

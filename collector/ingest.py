@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from agent.energy import MEASURED
 from collector.db import insert_for
-from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour, JobPod
 from collector.network import write_network
 from collector.pieces import UNALLOCATED, job_key, split_by_hour
 from collector.schemas import BatchIn, IntervalIn
@@ -26,6 +26,7 @@ intervals_t = GpuInterval.__table__
 jobs_t = Job.__table__
 hours_t = JobHour.__table__
 job_gpus_t = JobGpu.__table__
+job_pods_t = JobPod.__table__
 
 
 class BatchRejected(ValueError):
@@ -152,6 +153,7 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
                     "user": info.user if info else None, "account": info.account if info else None,
                     "budget_usd": info.budget_usd if info else None,
                     "budget_co2e_kg": info.budget_co2e_kg if info else None,
+                    "namespace": info.namespace if info else None,
                     "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
                 }
             row["first_seen_s"] = min(row["first_seen_s"], i.start_s)  # type: ignore[type-var]
@@ -168,6 +170,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
             "name": func.coalesce(new.name, jobs_t.c.name),
             "user": func.coalesce(new.user, jobs_t.c.user),
             "account": func.coalesce(new.account, jobs_t.c.account),
+            "namespace": func.coalesce(new.namespace, jobs_t.c.namespace),
             # A budget set through the API is kept; the job's environment only fills a gap.
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
@@ -184,3 +187,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
         insert_for(conn, job_gpus_t).on_conflict_do_nothing(),
         [{"job_id": job, "node": node, "gpu_uuid": uuid} for job, node, uuid in sorted(gpus)],
     )
+    pods = {(job_key(b.cluster, j.id), pod) for b in batches for j in b.jobs for pod in j.pods}
+    if pods:
+        conn.execute(insert_for(conn, job_pods_t).on_conflict_do_nothing(),
+                     [{"job_id": job, "pod": pod} for job, pod in sorted(pods)])

@@ -92,6 +92,8 @@ class JobIn(Strict):
     account: Text | None = None
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
+    namespace: Label | None = Field(default=None, description="Kubernetes: the job's namespace.")
+    pods: list[Label] = Field(default_factory=list, max_length=10_000, description="Kubernetes: the job's pods on this node.")
 
 
 class BatchIn(Strict):

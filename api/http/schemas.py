@@ -66,6 +66,8 @@ class JobSummary(Usage):
     name: str | None
     user: str | None
     account: str | None
+    namespace: str | None = Field(default=None, description="Kubernetes: the job's namespace; null elsewhere.")
+    pods: list[str] = Field(default_factory=list, description="Kubernetes: every pod the job has run in.")
     state: str = Field(description="running, or ended after the configured silence.")
     started_at: datetime
     last_seen_at: datetime

@@ -28,7 +28,7 @@ def intensity_for(engine: Engine, rows: list[UsageRow], config: LedgerConfig) ->
 
 def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConfig) -> list[dict[str, Any]]:
     ids = [job["job_id"] for job in jobs]
-    usage, placement = reads.usage(engine, ids), reads.placement(engine, ids)
+    usage, placement, pods = reads.usage(engine, ids), reads.placement(engine, ids), reads.pods(engine, ids)
     hourly = intensity_for(engine, [row for rows in usage.values() for row in rows], config)
     reports = []
     for job in jobs:
@@ -36,7 +36,8 @@ def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConf
         priced = price(usage.get(job["job_id"], []), config, job["cluster"], hourly)
         reports.append({
             "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
-            "account": job["account"], "state": job["state"], "started_at": _at(job["first_seen_s"]),
+            "account": job["account"], "namespace": job.get("namespace"), "pods": pods.get(job["job_id"], []),
+            "state": job["state"], "started_at": _at(job["first_seen_s"]),
             "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
             "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),
         })
