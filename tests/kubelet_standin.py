@@ -56,9 +56,7 @@ class PodResourcesServer:
         self.pods: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
         self.lock = threading.Lock()
         self.calls = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), self.server)
-        self.server.add_insecure_port(f"unix://{socket_path}")
+        self.server: grpc.Server | None = None
 
     def set_pod(self, namespace: str, pod: str, devices: dict[str, list[str]], container: str = "pytorch") -> None:
         with self.lock:
@@ -69,11 +67,16 @@ class PodResourcesServer:
             self.pods.pop((namespace, pod), None)
 
     def start(self) -> PodResourcesServer:
+        """Bind the socket (it does not exist before) and serve."""
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), self.server)
+        self.server.add_insecure_port(f"unix://{self.socket_path}")
         self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.stop(grace=None).wait()
+        if self.server is not None:
+            self.server.stop(grace=None).wait()
 
 
 def pytorchjob_pod(namespace: str, job: str, replica: str, index: int, node: str, labels: dict[str, str] | None = None,
