@@ -155,7 +155,7 @@ def test_account_from_pod_label_or_namespace_label_through_the_api_server(kubele
     by_ns = kubernetes_source("n1", grpc_server.socket_path, f"apiserver={pods.url}", account="namespace-label:cost-center", token_file=token)
     by_ns.bind(GPUS)
     assert [o[0].account for _, o in sorted(by_ns.owners([]).items())] == ["cc-a", "cc-b"]
-    assert f"/api/v1/pods?fieldSelector=spec.nodeName=n1" in pods.requests
+    assert "/api/v1/pods?fieldSelector=spec.nodeName=n1" in pods.requests
 
 
 def test_pod_list_refused_is_a_warning_and_pods_stand_alone(kubelet, caplog):
