@@ -14,6 +14,7 @@ NETWORK_COUNTER_NAMES = tuple(NETWORK_COUNTERS)
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 ClusterLabel = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x2e\x30-\x7e]+$")]
 Text = Annotated[str, StringConstraints(max_length=256)]
+PodName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]  # a DNS subdomain
 Seconds = Annotated[float, Field(ge=0)]
 EnergyMethod = Literal[METHODS]  # type: ignore[valid-type]
 
@@ -93,7 +94,7 @@ class JobIn(Strict):
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
     namespace: Label | None = Field(default=None, description="Kubernetes: the job's namespace.")
-    pods: list[Label] = Field(default_factory=list, max_length=10_000, description="Kubernetes: the job's pods on this node.")
+    pods: list[PodName] = Field(default_factory=list, max_length=10_000, description="Kubernetes: the job's pods on this node.")
 
 
 class BatchIn(Strict):

@@ -207,3 +207,32 @@ def test_agent_starts_without_grpc_unless_the_socket_is_asked_for(tmp_path):
     assert "install gpuledger[kubernetes]" in asked.stderr
     probe = BLOCK_GRPC + "import agent.cli, agent.kubernetes.owners, agent.kubernetes.setup; print('ok')"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "ok\n"
+
+
+def test_long_names_fit_the_collectors_job_id_limit():
+    from agent.kubernetes.owners import MAX_JOB_ID, job_id_of
+    from collector.schemas import IntervalIn, JobIn
+
+    long_pod = "p" * 253  # a pod name may be a 253-character DNS subdomain
+    job_id = job_id_of("team-nlp", long_pod)
+    assert len(job_id) == MAX_JOB_ID and job_id.startswith("team-nlp/ppp") and job_id != job_id_of("team-nlp", long_pod[:-1])
+    assert job_id_of("ns", "bert") == "ns/bert"
+    IntervalIn.model_validate({"gpu_uuid": UUIDS[0], "gpu_index": 0, "gpu_model": "H100", "job": job_id, "start_s": 0.0,
+                               "end_s": 1.0, "gpu_seconds": 1.0, "busy_gpu_seconds": 0.5, "energy_j": 300.0,
+                               "energy_method": "counter"})
+    JobIn.model_validate({"id": job_id, "namespace": "team-nlp", "pods": [long_pod]})
+
+
+def test_a_pod_that_ends_inside_a_push_window_stays_in_the_jobs_pods():
+    from agent.attribution import JobRef
+    from agent.energy import EnergyStep
+    from agent.intervals import IntervalCutter
+
+    cutter = IntervalCutter(GPUS)
+    both = JobRef("ns/bert", "bert", account="ns", namespace="ns", pods=("bert-master-0", "bert-worker-0"))
+    master_only = JobRef("ns/bert", "bert", account="ns", namespace="ns", pods=("bert-master-0",))
+    cutter.add(0, (both,), 0.0, EnergyStep(1.0, 300.0, "counter"), 90, None)
+    cutter.add(0, (master_only,), 1.0, EnergyStep(1.0, 300.0, "counter"), 90, None)
+    _, jobs = cutter.cut()
+    assert jobs == [{"id": "ns/bert", "name": "bert", "user": None, "account": "ns", "namespace": "ns",
+                     "pods": ["bert-master-0", "bert-worker-0"]}]

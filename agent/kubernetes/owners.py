@@ -14,6 +14,7 @@ A socket or pod list that fails is logged once as a warning, and the next source
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -30,6 +31,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OWNER_LABELS = ("training.kubeflow.org/job-name", "jobset.sigs.k8s.io/jobset-name", "ray.io/cluster")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+MAX_JOB_ID = 128  # the collector's limit on a job id; a pod name alone may have 253 characters
+
+
+def job_id_of(namespace: str, name: str) -> str:
+    """``<namespace>/<name>``; past MAX_JOB_ID characters, cut and made unique by a hash of the whole."""
+    job_id = f"{namespace}/{name}"
+    if len(job_id) <= MAX_JOB_ID:
+        return job_id
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:12]
+    return f"{job_id[:MAX_JOB_ID - 13]}~{digest}"
 
 
 class DeviceLister(Protocol):
@@ -138,7 +149,7 @@ class KubernetesOwners:
             if meta is not None and meta.terminated:
                 continue
             name = job_name(meta, self.owner_labels) if meta is not None else pod
-            job_id = f"{namespace}/{name}"
+            job_id = job_id_of(namespace, name)
             info[job_id] = (namespace, name, self._account_of(namespace, meta))
             pods_of[job_id].add(pod)
             for index in indices:
