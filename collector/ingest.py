@@ -26,7 +26,7 @@ intervals_t = GpuInterval.__table__
 jobs_t = Job.__table__
 hours_t = JobHour.__table__
 job_gpus_t = JobGpu.__table__
-job_pods_t = JobPod.__table__
+job_pods_t = JobPod.__table__  # type: ignore[attr-defined]
 
 
 class BatchRejected(ValueError):
