@@ -69,6 +69,7 @@ def agent_command(
         help="Where pod labels are read: 'apiserver' (in-cluster service account), 'apiserver=URL', "
              "the kubelet's /pods URL (read-only port), or 'none'.")] = "apiserver",
     kube_owner_label: Annotated[list[str] | None, typer.Option(
+        envvar="GPULEDGER_KUBE_OWNER_LABEL",
         help="Pod label naming the training job, in order (repeat the option) [default: training.kubeflow.org/job-name, "
              "jobset.sigs.k8s.io/jobset-name, ray.io/cluster]; then the owning Job, then the pod itself.")] = None,
     kube_account: Annotated[str, typer.Option(
@@ -76,6 +77,7 @@ def agent_command(
         help="A Kubernetes job's account: 'namespace', 'label:KEY' (pod label) or 'namespace-label:KEY'; "
              "a missing label falls back to the namespace.")] = "namespace",
     kube_pods_refresh: Annotated[float, typer.Option(
+        envvar="GPULEDGER_KUBE_PODS_REFRESH",
         help="Seconds between pod-list reads (a pod not yet known is looked up sooner).")] = 10.0,
     kube_token_file: Annotated[Path | None, typer.Option(
         envvar="GPULEDGER_KUBE_TOKEN_FILE",
