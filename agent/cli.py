@@ -51,6 +51,28 @@ def _serve_metrics(agent: Agent, address: str, port: int) -> Any:
     return server
 
 
+def _kubernetes(node: str, socket_path: Path, *options: Any) -> Any:
+    """The pod-resources source; grpc is imported only here, when it is asked for."""
+    from agent.kubernetes.setup import KubeConfigError, kubernetes_source
+
+    try:
+        return kubernetes_source(node, socket_path, *options)
+    except KubeConfigError as exc:
+        _fail(str(exc))
+
+
+def _owner_sources(job_mapping_dir: Path | None, kube: OwnerSource | None, proc_root: Path | None) -> list[OwnerSource]:
+    """DESIGN.md's order: the job-mapping dir, the kubelet's pod-resources, /proc; each optional."""
+    sources: list[OwnerSource] = []
+    if job_mapping_dir is not None:
+        sources.append(JobMappingDir(job_mapping_dir))
+    if kube is not None:
+        sources.append(kube)
+    if proc_root is not None:
+        sources.append(ProcessOwners(proc_root))
+    return sources
+
+
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
     token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
@@ -103,22 +125,11 @@ def agent_command(
         _fail(f"--push-interval {push_interval}: expected >= --interval ({interval})")
     node = node or socket.gethostname()
     clock = WallClock()
-    sources: list[OwnerSource] = []
-    if job_mapping_dir is not None:
-        sources.append(JobMappingDir(job_mapping_dir))
     kube = None
     if pod_resources_socket is not None:
-        from agent.kubernetes.setup import KubeConfigError, kubernetes_source  # grpc only when asked for
-
-        try:
-            kube = kubernetes_source(node, pod_resources_socket, kube_pods, kube_owner_label or (), kube_account,
-                                     kube_pods_refresh, kube_token_file)
-        except KubeConfigError as exc:
-            _fail(str(exc))
-        assert kube is not None
-        sources.append(kube)
-    if proc_attribution:
-        sources.append(ProcessOwners(proc_root))
+        kube = _kubernetes(node, pod_resources_socket, kube_pods, kube_owner_label or (), kube_account,
+                           kube_pods_refresh, kube_token_file)
+    sources = _owner_sources(job_mapping_dir, kube, proc_root if proc_attribution else None)
     source: GpuSource
     if simulate is not None:
         from agent.sim.node import SimulatedNode, announce
