@@ -236,3 +236,20 @@ def test_a_pod_that_ends_inside_a_push_window_stays_in_the_jobs_pods():
     _, jobs = cutter.cut()
     assert jobs == [{"id": "ns/bert", "name": "bert", "user": None, "account": "ns", "namespace": "ns",
                      "pods": ["bert-master-0", "bert-worker-0"]}]
+
+
+def test_a_failing_pod_list_is_asked_again_only_every_retry_s(kubelet):
+    grpc_server, pods = kubelet
+    pods.token = "needed"  # every request refused
+    pods.pods = [pytorchjob_pod("ns", "bert", "master", 0, "n1")]
+    clock = Clock()
+    grpc_server.set_pod("ns", "bert-master-0", {"nvidia.com/gpu": [UUIDS[0]]})
+    owners = source(grpc_server.socket_path, pods.url + "/pods", clock, refresh_s=1, retry_s=5)
+    for _ in range(8):  # 8 samples, one a second
+        owners.owners([])
+        clock.now_s += 1
+    assert len(pods.requests) == 2  # at 0 s and 5 s, not every sample
+    pods.token = None
+    clock.now_s += 5
+    (job,) = owners.owners([])[0]
+    assert job.job_id == "ns/bert" and len(pods.requests) == 3

@@ -166,7 +166,9 @@ class KubernetesOwners:
         now_s = self.clock()
         missing = any(key not in self._pods for key in keys)
         stale = now_s - self._pods_read_s >= self.refresh_s
-        if (stale or missing) and now_s - self._pods_tried_s >= (self.retry_s if missing and not stale else 0):
+        last_failed = self._pods_tried_s > self._pods_read_s
+        wait_s = self.retry_s if last_failed or not stale else 0.0  # a failing or hung server is not asked every sample
+        if (stale or missing) and now_s - self._pods_tried_s >= wait_s:
             self._pods_tried_s = now_s
             try:
                 self._pods = self.pod_source.pods()

@@ -109,7 +109,7 @@ def api_pods_url(api_url: str, node: str) -> str:
 class PodLister:
     """Reads the pod list (and namespace labels, from the API server) over HTTP."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 5.0) -> None:
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 2.0) -> None:
         self.endpoint = endpoint
         verify: Any = str(endpoint.ca_file) if endpoint.ca_file else True
         self._client = httpx.Client(timeout=timeout_s, verify=verify)
