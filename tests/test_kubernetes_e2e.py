@@ -42,6 +42,7 @@ busy_w = 650.0
 """
 JOB = "k8s/team-nlp/llama-ft"
 INTERVAL_S = 0.5
+SLACK_S = 1.2
 
 
 def uuids(node: str) -> list[str]:
@@ -113,7 +114,7 @@ def test_two_pod_pytorchjob_on_two_nodes_is_one_job(server, db_url, tmp_path):
         api.set_phase("llama-ft-worker-0", "Succeeded")  # the worker finishes;
         kubelet_b.remove_pod("team-nlp", "llama-ft-worker-0")  # the kubelet releases its devices
         worker_end_s = time.time()
-        time.sleep(2)
+        time.sleep(3)
     finally:
         for agent in agents.values():
             agent.send_signal(signal.SIGTERM)
@@ -140,9 +141,10 @@ def test_two_pod_pytorchjob_on_two_nodes_is_one_job(server, db_url, tmp_path):
     on_b = [seconds[("node-b", uuid, JOB)][0] for uuid in gpus["node-b"][:2]]
     # node-a's pod held its 2 GPUs from the agent's first sample to its last
     assert on_a == [pytest.approx(span["node-a"][1] - span["node-a"][0], abs=1e-6)] * 2
-    # node-b's pod from when its socket answered (next sample) until it ended (next sample)
+    # node-b's pod from when its socket answered (next sample) until it ended (next sample); the
+    # slack is for a sample late on a loaded machine, far less than the 2 s before or 3 s after
     for held_s in on_b:
-        assert worker_end_s - socket_up_s - 2 * INTERVAL_S - 0.3 <= held_s <= worker_end_s - socket_up_s + INTERVAL_S + 0.3
+        assert worker_end_s - socket_up_s - INTERVAL_S - SLACK_S <= held_s <= worker_end_s - socket_up_s + INTERVAL_S + SLACK_S
     # the freed GPUs went to the idle account, and every GPU-second of node-b is accounted once
     for uuid in gpus["node-b"]:
         total = sum(v[0] for k, v in seconds.items() if k[:2] == ("node-b", uuid))
