@@ -253,3 +253,38 @@ def test_a_failing_pod_list_is_asked_again_only_every_retry_s(kubelet):
     clock.now_s += 5
     (job,) = owners.owners([])[0]
     assert job.job_id == "ns/bert" and len(pods.requests) == 3
+
+
+def test_sources_in_order_mapping_dir_then_pod_resources_then_proc(kubelet, tmp_path):
+    from agent.attribution import Attributor
+    from agent.cli import _owner_sources
+    from agent.gpu import GpuSample
+
+    grpc_server, pods = kubelet
+    pods.pods = [pytorchjob_pod("ns", "bert", "master", 0, "n1")]
+    grpc_server.set_pod("ns", "bert-master-0", {"nvidia.com/gpu": [UUIDS[0], UUIDS[1]]})
+    grpc_server.set_pod("ns", "notebook", {"nvidia.com/gpu.shared": [UUIDS[3] + "::1"]})  # time-slicing, renameByDefault
+    mapping = tmp_path / "job-mapping"
+    mapping.mkdir()
+    (mapping / "0").write_text("slurm-77\n")
+    proc = tmp_path / "proc"
+    for pid, env in ((4242, b"GPULEDGER_JOB_ID=from-env\0"), (4343, b"GPULEDGER_JOB_ID=other\0")):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "environ").write_bytes(env)
+    samples = [GpuSample(i, 0.0, None, None, None, None, pids) for i, pids in enumerate([(4343,), (4343,), (4242,), ()])]
+    kube = source(grpc_server.socket_path, pods.url + "/pods")
+    ids = lambda owners: {i: [j.job_id for j in jobs] for i, jobs in owners.items()}  # noqa: E731
+    everything = Attributor(_owner_sources(mapping, kube, proc)).owners(samples)
+    assert ids(everything) == {0: ["slurm-77"], 1: ["ns/bert"], 2: ["from-env"], 3: ["ns/notebook"]}
+    without_kube = Attributor(_owner_sources(mapping, None, proc)).owners(samples)
+    assert ids(without_kube) == {0: ["slurm-77"], 1: ["other"], 2: ["from-env"]}
+    only_kube = Attributor(_owner_sources(None, kube, None)).owners(samples)
+    assert ids(only_kube) == {0: ["ns/bert"], 1: ["ns/bert"], 3: ["ns/notebook"]}
+
+
+def test_a_gpu_shared_by_two_jobs_names_both(kubelet):
+    grpc_server, pods = kubelet
+    grpc_server.set_pod("a", "p", {"nvidia.com/gpu": [UUIDS[2] + "::0"]})
+    grpc_server.set_pod("b", "q", {"nvidia.com/gpu": [UUIDS[2] + "::1"]})
+    owners = source(grpc_server.socket_path, None).owners([])
+    assert [job.job_id for job in owners[2]] == ["a/p", "b/q"]  # the interval cutter splits it equally
