@@ -288,3 +288,15 @@ def test_a_gpu_shared_by_two_jobs_names_both(kubelet):
     grpc_server.set_pod("b", "q", {"nvidia.com/gpu": [UUIDS[2] + "::1"]})
     owners = source(grpc_server.socket_path, None).owners([])
     assert [job.job_id for job in owners[2]] == ["a/p", "b/q"]  # the interval cutter splits it equally
+
+
+def test_in_cluster_endpoint_from_the_service_account(tmp_path):
+    from agent.kubernetes.pods import in_cluster
+
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    endpoint = in_cluster("gpu-7", {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}, tmp_path)
+    assert endpoint == Endpoint(pods_url="https://[fd00::1]:443/api/v1/pods?fieldSelector=spec.nodeName=gpu-7",
+                                api_url="https://[fd00::1]:443", token_file=tmp_path / "token", ca_file=tmp_path / "ca.crt")
+    with pytest.raises(PodListError, match="KUBERNETES_SERVICE_HOST is not set: not in a pod"):
+        in_cluster("gpu-7", {}, tmp_path)
