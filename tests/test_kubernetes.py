@@ -300,3 +300,19 @@ def test_in_cluster_endpoint_from_the_service_account(tmp_path):
                                 api_url="https://[fd00::1]:443", token_file=tmp_path / "token", ca_file=tmp_path / "ca.crt")
     with pytest.raises(PodListError, match="KUBERNETES_SERVICE_HOST is not set: not in a pod"):
         in_cluster("gpu-7", {}, tmp_path)
+
+
+def test_a_deleted_pod_frees_its_gpus_though_the_kubelet_still_lists_it(kubelet):
+    grpc_server, pods = kubelet
+    clock = Clock()
+    pods.pods = [pytorchjob_pod("ns", "job", "master", 0, "n1"), pytorchjob_pod("ns", "job", "worker", 0, "n1")]
+    grpc_server.set_pod("ns", "job-master-0", {"nvidia.com/gpu": [UUIDS[0]]})
+    grpc_server.set_pod("ns", "job-worker-0", {"nvidia.com/gpu": [UUIDS[1]]})
+    owners = source(grpc_server.socket_path, pods.url + "/pods", clock, refresh_s=10)
+    assert set(owners.owners([])) == {0, 1}
+    pods.pods = pods.pods[:1]  # the worker is deleted (force-deleted, or its node's kubelet is slow to let go)
+    clock.now_s += 10
+    assert set(owners.owners([])) == {0}
+    clock.now_s += 1
+    grpc_server.set_pod("ns", "new-pod", {"nvidia.com/gpu": [UUIDS[2]]})  # the kubelet knows it before our last read
+    assert set(owners.owners([])) == {0, 2}, "a pod newer than the last pod-list read is not taken for deleted"

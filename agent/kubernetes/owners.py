@@ -7,8 +7,8 @@ carry (default: Kubeflow's ``training.kubeflow.org/job-name``, JobSet's
 owns them, then each pod is its own job. The job id is ``<namespace>/<name>`` (the server
 prefixes the cluster); the account is the namespace, a pod label or a namespace label.
 
-Pods in phase Succeeded or Failed free their GPUs even while the kubelet still lists
-their devices (some kubelet versions keep terminated pods in ``List``).
+Pods in phase Succeeded or Failed, or gone from the pod list, free their GPUs even while
+the kubelet still lists their devices (some kubelet versions keep terminated pods in ``List``).
 A socket or pod list that fails is logged once as a warning, and the next sources answer.
 """
 
@@ -120,6 +120,7 @@ class KubernetesOwners:
         self._ns_labels: dict[str, tuple[float, dict[str, str]]] = {}
         self._socket_warner, self._pods_warner = _Warner("pod-resources socket"), _Warner("pod list")
         self._unknown: set[str] = set()
+        self._first_seen: dict[PodKey, float] = {}
 
     def bind(self, gpus: Mapping[int, GpuInfo]) -> None:
         self._index_of_uuid = {info.uuid: index for index, info in gpus.items()}
@@ -138,7 +139,13 @@ class KubernetesOwners:
                 self._note_unknown(device)
             else:
                 held[(device.namespace, device.pod)].add(index)
-        return self._group(held, self._pod_metas(held.keys()))
+        now_s = self.clock()
+        self._first_seen = {key: self._first_seen.get(key, now_s) for key in held}
+        metas = self._pod_metas(held.keys())
+        # a pod the pod list no longer has, read after the pod appeared here, was deleted: the
+        # kubelet may still list its devices for a while, but they are free
+        gone = {key for key in held if key not in metas and self._pods_read_s > self._first_seen[key]}
+        return self._group({key: gpus for key, gpus in held.items() if key not in gone}, metas)
 
     def _group(self, held: Mapping[PodKey, set[int]], metas: Mapping[PodKey, PodMeta]) -> dict[int, Owners]:
         pods_of: dict[str, set[str]] = defaultdict(set)
