@@ -16,7 +16,7 @@ from collector.pieces import UNALLOCATED
 
 jobs_t, hours_t, job_gpus_t = Job.__table__, JobHour.__table__, JobGpu.__table__
 net_hours_t, grid_t = JobNetHour.__table__, GridIntensity.__table__
-job_pods_t = JobPod.__table__  # type: ignore[attr-defined]
+job_pods_t = JobPod.__table__
 IDLE_GROUP, NO_GROUP = "(unallocated)", "(none)"
 
 
