@@ -94,7 +94,7 @@ def in_cluster(node: str, environ: Mapping[str, str] = os.environ, sa_dir: Path 
     """The API server as a pod sees it, with the service account's token and CA."""
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
-        raise PodListError("KUBERNETES_SERVICE_HOST is not set: not in a pod; give --kube-pods the kubelet's /pods URL")
+        raise PodListError("KUBERNETES_SERVICE_HOST is not set: not in a pod; give --kube-pods the kubelet's /pods URL, apiserver=URL or none")
     host = f"[{host}]" if ":" in host else host
     api = f"https://{host}:{port}"
     ca = sa_dir / "ca.crt"
