@@ -84,6 +84,7 @@ class IntervalCutter:
             | ({"budget_co2e_kg": j.budget_co2e_kg} if j.budget_co2e_kg is not None else {})
             | ({"namespace": j.namespace} if j.namespace is not None else {})
             | ({"pods": list(j.pods)} if j.pods else {})
+            | ({"release": j.release} if j.release is not None else {})
             for j in self._jobs.values()
         ]
         self._open.clear()

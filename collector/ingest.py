@@ -155,6 +155,7 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
                     "budget_usd": info.budget_usd if info else None,
                     "budget_co2e_kg": info.budget_co2e_kg if info else None,
                     "namespace": info.namespace if info else None,
+                    "release": info.release if info else None,
                     "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
                 }
             row["first_seen_s"] = min(cast(float, row["first_seen_s"]), i.start_s)
@@ -175,6 +176,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
             # A budget set through the API is kept; the job's environment only fills a gap.
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
+            "release": func.coalesce(jobs_t.c.release, new.release),  # an admin's label is kept
             "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),
             "last_seen_s": case((new.last_seen_s > jobs_t.c.last_seen_s, new.last_seen_s), else_=jobs_t.c.last_seen_s),
             # Only data newer than any seen revives an ended job; a late replay does not.

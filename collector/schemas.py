@@ -95,6 +95,7 @@ class JobIn(Strict):
     budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
     namespace: Label | None = Field(default=None, description="Kubernetes: the job's namespace.")
     pods: list[PodName] = Field(default_factory=list, max_length=10_000, description="Kubernetes: the job's pods on this node.")
+    release: Text | None = None  # GPULEDGER_RELEASE in the job's environment
 
 
 class BatchIn(Strict):

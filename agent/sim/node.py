@@ -170,7 +170,7 @@ class SimulatedNode:
         for sample in samples:
             job = self.gpus[sample.index].job_at(sample.time_s - self.epoch_s)
             if job is not None:
-                result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd),)
+                result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release),)
         return result
 
 

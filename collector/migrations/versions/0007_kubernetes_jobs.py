@@ -1,15 +1,15 @@
 """Kubernetes jobs: a job's namespace, and the pods it has run in
 
-Revision ID: 0006_kubernetes
-Revises: 0005
+Revision ID: k19_kubernetes
+Revises: d17_declared_usage
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_kubernetes'
-down_revision = '0005'
+revision = 'k19_kubernetes'
+down_revision = 'd17_declared_usage'
 branch_labels = None
 depends_on = None
 
