@@ -1,7 +1,7 @@
 """Kubernetes jobs: a job's namespace, and the pods it has run in
 
 Revision ID: k19_kubernetes
-Revises: d17_declared_usage
+Revises: 0007_scheduler
 Create Date: 2026-12-01
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'k19_kubernetes'
-down_revision = 'd17_declared_usage'
+down_revision = '0007_scheduler'
 branch_labels = None
 depends_on = None
 
