@@ -2,8 +2,11 @@
 
 1. a dcgm-exporter compatible job-mapping directory (one file per GPU index, or
    ``<gpu>.<gpu_instance>`` for MIG, each line a job id), written by Slurm prolog/epilog;
-2. the processes on the GPU: ``/proc/<pid>/environ`` then ``/proc/<pid>/cgroup``;
-3. otherwise nobody: the GPU is unallocated.
+2. on Kubernetes, the kubelet's pod-resources API and the pods' owner labels
+   (``agent.kubernetes.owners.KubernetesOwners``);
+3. the processes on the GPU: ``/proc/<pid>/environ`` then ``/proc/<pid>/cgroup``;
+4. otherwise nobody: the GPU is unallocated.
+Each source is optional; ``agent/cli.py`` puts the configured ones in this order.
 
 On a MIG-enabled GPU the owners are per GPU instance (``JobRef.gpu_instance``), and the
 precedence holds per instance. How a GPU is shared among its owners is ``agent.split``'s.
@@ -31,6 +34,8 @@ class JobRef:
     account: str | None = None
     budget_usd: float | None = None
     budget_co2e_kg: float | None = None
+    namespace: str | None = None  # Kubernetes: the job's namespace, and its pods on this node
+    pods: tuple[str, ...] = ()
     release: str | None = None  # GPULEDGER_RELEASE: groups jobs into a model card (e.g. llama-2)
     gpu_instance: int | None = None  # the MIG GPU instance it owns; None: the whole GPU
 
@@ -206,4 +211,5 @@ class Attributor:
 
 
 def _richness(job: JobRef) -> int:
-    return sum(value is not None for value in (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg, job.release))
+    fields = (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg, job.release, job.namespace)
+    return sum(value is not None for value in fields) + bool(job.pods)

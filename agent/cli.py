@@ -65,6 +65,28 @@ def _state(state_dir: Path | None, spool_max_mb: float) -> tuple[Any, SafeCounte
         return None, state, health
 
 
+def _kubernetes(node: str, socket_path: Path, *options: Any) -> Any:
+    """The pod-resources source; grpc is imported only here, when it is asked for."""
+    from agent.kubernetes.setup import KubeConfigError, kubernetes_source
+
+    try:
+        return kubernetes_source(node, socket_path, *options)
+    except KubeConfigError as exc:
+        _fail(str(exc))
+
+
+def _owner_sources(job_mapping_dir: Path | None, kube: OwnerSource | None, proc_root: Path | None) -> list[OwnerSource]:
+    """DESIGN.md's order: the job-mapping dir, the kubelet's pod-resources, /proc; each optional."""
+    sources: list[OwnerSource] = []
+    if job_mapping_dir is not None:
+        sources.append(JobMappingDir(job_mapping_dir))
+    if kube is not None:
+        sources.append(kube)
+    if proc_root is not None:
+        sources.append(ProcessOwners(proc_root))
+    return sources
+
+
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
     token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
@@ -74,6 +96,30 @@ def agent_command(
     interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
     push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
     job_mapping_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
+    pod_resources_socket: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_POD_RESOURCES_SOCKET",
+        help="Kubernetes: the kubelet's pod-resources socket (/var/lib/kubelet/pod-resources/kubelet.sock): GPUs to pods, "
+             "asked after the job-mapping dir and before /proc. Needs gpuledger[kubernetes].")] = None,
+    kube_pods: Annotated[str, typer.Option(
+        envvar="GPULEDGER_KUBE_PODS",
+        help="Where pod labels are read: 'apiserver' (in-cluster service account), 'apiserver=URL', "
+             "the kubelet's /pods URL (read-only port), or 'none'.")] = "apiserver",
+    kube_owner_label: Annotated[list[str] | None, typer.Option(
+        envvar="GPULEDGER_KUBE_OWNER_LABEL",
+        help="Pod label naming the training job, in order (repeat the option) [default: training.kubeflow.org/job-name, "
+             "jobset.sigs.k8s.io/jobset-name, ray.io/cluster]; then the owning Job, then the pod itself.")] = None,
+    kube_account: Annotated[str, typer.Option(
+        envvar="GPULEDGER_KUBE_ACCOUNT",
+        help="A Kubernetes job's account: 'namespace', 'label:KEY' (pod label) or 'namespace-label:KEY'; "
+             "a missing label falls back to the namespace.")] = "namespace",
+    kube_pods_refresh: Annotated[float, typer.Option(
+        envvar="GPULEDGER_KUBE_PODS_REFRESH",
+        help="Seconds between pod-list reads (a pod not yet known is looked up sooner).")] = 10.0,
+    kube_token_file: Annotated[Path | None, typer.Option(
+        envvar="GPULEDGER_KUBE_TOKEN_FILE",
+        help="Bearer token for --kube-pods apiserver=URL or an authenticated kubelet.")] = None,
+    proc_attribution: Annotated[bool, typer.Option(
+        help="Attribute GPUs through the processes on them (/proc environ and cgroup).")] = True,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
     sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
     state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts) [default: /var/lib/gpuledger-agent when writable, else $XDG_STATE_HOME/gpuledger-agent; with --simulate: none, memory only].")] = None,
@@ -93,10 +139,11 @@ def agent_command(
         _fail(f"--push-interval {push_interval}: expected >= --interval ({interval})")
     node = node or socket.gethostname()
     clock = WallClock()
-    sources: list[OwnerSource] = []
-    if job_mapping_dir is not None:
-        sources.append(JobMappingDir(job_mapping_dir))
-    sources.append(ProcessOwners(proc_root))
+    kube = None
+    if pod_resources_socket is not None:
+        kube = _kubernetes(node, pod_resources_socket, kube_pods, kube_owner_label or (), kube_account,
+                           kube_pods_refresh, kube_token_file)
+    sources = _owner_sources(job_mapping_dir, kube, proc_root if proc_attribution else None)
     source: GpuSource
     if simulate is not None:
         from agent.sim.node import SimulatedNode, announce
@@ -134,6 +181,8 @@ def agent_command(
         )
     except NvmlUnavailable as exc:
         _fail(str(exc))
+    if kube is not None:
+        kube.bind(agent.gpus)  # device ids in pod-resources are GPU UUIDs
     metrics_server = _serve_metrics(agent, metrics_address, metrics_port) if metrics_port else None
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())

@@ -8,7 +8,7 @@ how the GPU was split (``split``) and, on MIG, which GPU instance it is (``gpu_i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.attribution import JobRef
@@ -75,7 +75,7 @@ class IntervalCutter:
                                         gpu_instance=part.gpu_instance, split=split.method, mig_slices=part.mig_slices)
                 self._open[key] = interval
             if job is not None:
-                self._jobs[job.job_id] = job
+                self._jobs[job.job_id] = _with_pods_of(self._jobs.get(job.job_id), job)
             interval.end_s = start_s + step.seconds
             interval.gpu_seconds += step.seconds * share
             interval.energy_j += step.energy_j * share
@@ -91,9 +91,18 @@ class IntervalCutter:
             {"id": j.job_id, "name": j.name, "user": j.user, "account": j.account}
             | ({"budget_usd": j.budget_usd} if j.budget_usd is not None else {})
             | ({"budget_co2e_kg": j.budget_co2e_kg} if j.budget_co2e_kg is not None else {})
+            | ({"namespace": j.namespace} if j.namespace is not None else {})
+            | ({"pods": list(j.pods)} if j.pods else {})
             | ({"release": j.release} if j.release is not None else {})
             for j in self._jobs.values()
         ]
         self._open.clear()
         self._jobs.clear()
         return intervals, jobs
+
+
+def _with_pods_of(earlier: JobRef | None, job: JobRef) -> JobRef:
+    """The latest metadata, with every pod seen since the last cut (a pod that ended still counts)."""
+    if earlier is None or set(earlier.pods) <= set(job.pods):
+        return job
+    return replace(job, pods=tuple(sorted(set(earlier.pods) | set(job.pods))))

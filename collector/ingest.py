@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from agent.energy import MEASURED
 from collector import dims
 from collector.db import insert_for
-from collector.models import MINUTE_S, RUNNING, IngestedBatch, Job, JobGpu, JobHour, JobMinute, RawInterval
+from collector.models import MINUTE_S, RUNNING, IngestedBatch, Job, JobGpu, JobHour, JobMinute, JobPod, RawInterval
 from collector.network import write_network
 from collector.pieces import UNALLOCATED, job_key, split_by_hour, split_by_step
 from collector.schemas import BatchIn, IntervalIn
@@ -30,6 +30,7 @@ ADDED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
 jobs_t = Job.__table__
 hours_t = JobHour.__table__
 job_gpus_t = JobGpu.__table__
+job_pods_t = JobPod.__table__
 
 
 class BatchRejected(ValueError):
@@ -185,6 +186,7 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
                     "user": info.user if info else None, "account": info.account if info else None,
                     "budget_usd": info.budget_usd if info else None,
                     "budget_co2e_kg": info.budget_co2e_kg if info else None,
+                    "namespace": info.namespace if info else None,
                     "release": info.release if info else None,
                     "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
                 }
@@ -205,6 +207,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
         set_={
             **{name: case((by_scheduler, jobs_t.c[name]), else_=func.coalesce(new[name], jobs_t.c[name]))
                for name in ("name", "user", "account")},
+            "namespace": func.coalesce(new.namespace, jobs_t.c.namespace),
             # A budget set through the API is kept; the job's environment only fills a gap.
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
@@ -222,3 +225,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
         insert_for(conn, job_gpus_t).on_conflict_do_nothing(),
         [{"job_id": job, "node": node, "gpu_uuid": uuid} for job, node, uuid in sorted(gpus)],
     )
+    pods = {(job_key(b.cluster, j.id), pod) for b in batches for j in b.jobs for pod in j.pods}
+    if pods:
+        conn.execute(insert_for(conn, job_pods_t).on_conflict_do_nothing(),
+                     [{"job_id": job, "pod": pod} for job, pod in sorted(pods)])

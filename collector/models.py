@@ -107,6 +107,7 @@ class Job(TableModel, table=True):
     name: str | None = Field(default=None, max_length=256)
     user: str | None = Field(default=None, max_length=256, index=True)
     account: str | None = Field(default=None, max_length=256, index=True)
+    namespace: str | None = Field(default=None, max_length=256)  # Kubernetes
     state: str = Field(default=RUNNING, max_length=16, index=True)
     first_seen_s: float
     last_seen_s: float
@@ -159,6 +160,14 @@ class JobGpu(TableModel, table=True):
     job_id: str = Field(primary_key=True, max_length=300)
     node: str = Field(primary_key=True, max_length=128)
     gpu_uuid: str = Field(primary_key=True, max_length=128)
+
+
+class JobPod(TableModel, table=True):
+    """Every Kubernetes pod a job has run in (a multi-pod training job is one job)."""
+
+    __tablename__ = "job_pods"
+    job_id: str = Field(primary_key=True, max_length=300)
+    pod: str = Field(primary_key=True, max_length=256)
 
 
 class JobNetHour(TableModel, table=True):

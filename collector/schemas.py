@@ -15,6 +15,7 @@ NETWORK_COUNTER_NAMES = tuple(NETWORK_COUNTERS)
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 ClusterLabel = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x2e\x30-\x7e]+$")]
 Text = Annotated[str, StringConstraints(max_length=256)]
+PodName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]  # a DNS subdomain
 Seconds = Annotated[float, Field(ge=0)]
 EnergyMethod = Literal[METHODS]  # type: ignore[valid-type]
 SplitMethod = Literal[SPLITS]  # type: ignore[valid-type]
@@ -97,6 +98,8 @@ class JobIn(Strict):
     account: Text | None = None
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
+    namespace: Label | None = Field(default=None, description="Kubernetes: the job's namespace.")
+    pods: list[PodName] = Field(default_factory=list, max_length=10_000, description="Kubernetes: the job's pods on this node.")
     release: Text | None = None  # GPULEDGER_RELEASE in the job's environment
 
 

@@ -327,3 +327,30 @@ def test_reader_token_sees_only_its_account(browser, page, tmp_path):
     finally:
         server.process.terminate()
         server.process.wait(timeout=15)
+
+
+def test_kubernetes_job_page_shows_namespace_and_pods(browser, page, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'k8s.db'}"
+    server = start_server(db_url, None, tmp_path / "server.log")
+    try:
+        now = time.time()
+        pods = [f"llama-ft-worker-{i}" for i in range(6)]
+        for seq, node in enumerate(("n1", "n2")):
+            mine = pods[:3] if node == "n1" else pods[3:]
+            body = {"node": node, "cluster": "k8s", "datacenter": "dc", "boot_id": "b", "seq": seq, "sent_at_s": now,
+                    "jobs": [{"id": "team-nlp/llama-ft", "name": "llama-ft", "account": "nlp", "namespace": "team-nlp", "pods": mine}],
+                    "intervals": [{"gpu_uuid": f"GPU-{node}", "gpu_index": 0, "gpu_model": "NVIDIA H100 80GB HBM3",
+                                   "job": "team-nlp/llama-ft", "start_s": now - 120, "end_s": now - 60, "gpu_seconds": 60.0,
+                                   "busy_gpu_seconds": 30.0, "energy_j": 24000.0, "energy_method": "counter"}]}
+            assert httpx.post(f"{server.url}/v1/ingest", json=body, timeout=10).status_code == 200
+        page.goto(f"{server.url}/jobs/k8s/team-nlp/llama-ft")
+        wait_polls(page, "#job", 1)
+        meta = page.text_content("#job-meta")
+        assert "account nlp" in meta and "namespace team-nlp" in meta
+        assert "pods llama-ft-worker-0, llama-ft-worker-1, llama-ft-worker-2, llama-ft-worker-3, … (6)" in meta
+        assert "\n".join(pods) in page.eval_on_selector_all("#job-meta span[title]", "spans => spans.map(s => s.title)")
+        screenshot(page, "job-page-kubernetes.png")
+        assert page.console.unexpected() == []
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=15)

@@ -89,6 +89,8 @@ class JobSummary(Usage):
     name: str | None = Field(description="Job name, from the job's environment (Slurm, or GPULEDGER_JOB_NAME).")
     user: str | None = Field(description="Job owner, from the job's environment.")
     account: str | None = Field(description="Account charged; scoped reader tokens see only theirs.")
+    namespace: str | None = Field(default=None, description="Kubernetes: the job's namespace; null elsewhere.")
+    pods: list[str] = Field(default_factory=list, description="Kubernetes: every pod the job has run in.")
     state: str = Field(description="running, or ended: at the scheduler's end (Slurm epilog), else after the configured silence.")
     started_at: datetime = Field(description="First data seen (UTC).")
     last_seen_at: datetime = Field(description="Last data seen (UTC).")

@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, case, func, literal, select
 
 from api.accounting.pricing import GroupedUsage, UsageRow
-from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour
+from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour, JobPod
 from collector.pieces import UNALLOCATED
 
 jobs_t, hours_t, job_gpus_t = Job.__table__, JobHour.__table__, JobGpu.__table__
 net_hours_t, grid_t = JobNetHour.__table__, GridIntensity.__table__
+job_pods_t = JobPod.__table__
 IDLE_GROUP, NO_GROUP = "(unallocated)", "(none)"
 
 
@@ -139,6 +140,16 @@ _PLACEMENT = (
     .where(job_gpus_t.c.job_id.in_(_IDS))
     .group_by(job_gpus_t.c.job_id)
 )
+
+
+def pods(engine: Engine, job_ids: list[str]) -> dict[str, list[str]]:
+    """The Kubernetes pods each job has run in, sorted; jobs without any are left out."""
+    query = select(job_pods_t.c.job_id, job_pods_t.c.pod).where(job_pods_t.c.job_id.in_(job_ids))
+    result: dict[str, list[str]] = defaultdict(list)
+    with engine.connect() as conn:
+        for job_id, pod in conn.execute(query.order_by(job_pods_t.c.job_id, job_pods_t.c.pod)):
+            result[job_id].append(pod)
+    return dict(result)
 
 
 def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:

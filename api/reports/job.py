@@ -30,14 +30,15 @@ def intensity_for(engine: Engine, rows: list[UsageRow], config: LedgerConfig) ->
 def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConfig) -> list[dict[str, Any]]:
     ids = [job["job_id"] for job in jobs]
     usage = reads.usage_grouped(engine, ids, rate_boundaries(config), *regions(config))
-    placement = reads.placement(engine, ids)
+    placement, pods = reads.placement(engine, ids), reads.pods(engine, ids)
     reports = []
     for job in jobs:
         nodes, gpus = placement.get(job["job_id"], (0, 0))
         priced = price_grouped(usage.get(job["job_id"], []), config, job["cluster"])
         reports.append({
             "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
-            "account": job["account"], "release": job.get("release"), "source": job.get("source") or "agent",
+            "account": job["account"], "namespace": job.get("namespace"), "pods": pods.get(job["job_id"], []),
+            "release": job.get("release"), "source": job.get("source") or "agent",
             "state": job["state"], "started_at": _at(job["first_seen_s"]),
             "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
             "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),

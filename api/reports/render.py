@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 
 FIELDS = (
-    "job_id", "name", "user", "account", "state", "started_at", "last_seen_at", "ended_at", "nodes", "gpus",
+    "job_id", "name", "user", "account", "namespace", "pods", "state", "started_at", "last_seen_at", "ended_at", "nodes", "gpus",
     "gpu_hours", "busy_gpu_hours", "energy_kwh", "facility_energy_kwh", "cost_usd", "co2e_kg",
     "embodied_co2e_kg", "energy_measured_fraction", "as_of",
 )
@@ -39,11 +39,19 @@ def fetch(server: str, job_id: str, token: str | None = None, suffix: str = "") 
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
+    if value is None or value == []:
         return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.2f}"
     return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _rate(value: Any) -> str:
@@ -58,7 +66,7 @@ def render(report: dict[str, Any], fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
-        writer.writerow(["" if report.get(f) is None else report.get(f) for f in FIELDS])
+        writer.writerow([_csv_value(report.get(f)) for f in FIELDS])
         return out.getvalue().rstrip("\n")
     width = max(len(f) for f in FIELDS)
     lines = [f"{f:<{width}}  {_fmt(report.get(f))}" for f in FIELDS]

@@ -1,6 +1,6 @@
 """The gpuledger benchmark suite, in one command (the design's "numbers to reach").
 
-    .venv/bin/python tests/benchmarks/run.py [--quick] [--only ingest,fleet,reads,storage,agent,scrape]
+    .venv/bin/python tests/benchmarks/run.py [--quick] [--only ingest,fleet,reads,storage,agent,scrape,kubernetes]
 
 Full run: under 10 minutes on a 2-core machine; --quick: under 2 minutes (smoke test,
 smaller volumes and shorter windows, so its figures are noisier). Needs the PostgreSQL
@@ -24,7 +24,7 @@ from common import ForeignLoad, Section, log  # noqa: E402
 
 FOREIGN_WARN_CORES = 0.15
 
-ORDER = ("ingest", "fleet", "reads", "storage", "agent", "scrape")
+ORDER = ("ingest", "fleet", "reads", "storage", "agent", "scrape", "kubernetes")
 
 
 def _module(name: str):  # noqa: ANN202

@@ -109,6 +109,17 @@ function seriesNote(series) {
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
+// Kubernetes jobs: the namespace, and the pods (the first few; all of them in the title).
+function kubernetesMeta(report) {
+  if (!report.namespace) return [];
+  const pods = report.pods ?? [];
+  const shown = pods.slice(0, 4).join(", ") + (pods.length > 4 ? `, … (${pods.length})` : "");
+  return [
+    el("span", { text: `namespace ${report.namespace}` }),
+    ...(pods.length ? [el("span", { text: `${pods.length === 1 ? "pod" : "pods"} ${shown}`, title: pods.join("\n") })] : []),
+  ];
+}
+
 function renderHead(report) {
   document.title = `gpuledger: ${report.job_id}`;
   document.getElementById("job-id").textContent = report.job_id;
@@ -119,6 +130,7 @@ function renderHead(report) {
     badge(stateBadge(report.state)),
     el("span", { text: `user ${report.user ?? "–"}` }),
     el("span", { text: `account ${report.account ?? "–"}` }),
+    ...kubernetesMeta(report),
     el("span", { text: `${plural(report.nodes, "node")}, ${plural(report.gpus, "GPU")}` }),
     el("span", { text: `started ${fmtTime(report.started_at)}` }),
     el("span", { text: ended }),
