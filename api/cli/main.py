@@ -29,12 +29,14 @@ def server(
     ssl_keyfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM).")] = None,
     open_paths: Annotated[str, typer.Option(envvar="GPULEDGER_OPEN_PATHS", help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
     require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
+    workers: Annotated[int, typer.Option(envvar="GPULEDGER_WORKERS", help="Server processes on the port (PostgreSQL only).")] = 1,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
 
     from api.accounting.rates import ConfigError, load_config
     from api.http.app import create_app
+    from api.cli.serve import check_workers, run_workers
     from api.http.auth import AuthSettings
     from collector.db import make_engine
     from collector.schema import SchemaOutdated, prepare
@@ -42,6 +44,7 @@ def server(
     try:
         ledger_config = load_config(config)
         engine = make_engine(db)
+        check_workers(workers, engine.dialect.name)
         typer.echo(f"gpuledger server: {db}: {prepare(engine, db)}", err=True)
     except (ConfigError, SchemaOutdated, ValueError) as exc:
         typer.echo(f"gpuledger server: error: {exc}", err=True)
@@ -53,6 +56,10 @@ def server(
         raise typer.Exit(2)
     tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
+    if workers > 1:
+        engine.dispose()
+        run_workers(workers, db, config, auth, {"host": host, "port": port, "log_level": log_level, **tls})
+        return
     app_ = create_app(engine, ledger_config, auth=auth)
     uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
 
