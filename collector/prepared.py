@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table
@@ -39,8 +40,8 @@ class Prepared:
         if compiled.positiontup is not None:  # qmark (sqlite3): a tuple in the statement's order
             order = tuple(compiled.positiontup)
             getters = [(name, name in keys, fixed.get(name)) for name in order]
-            if not fixed:
-                return cls(compiled.string, lambda row: tuple([row[name] for name in order]))
+            if not fixed and len(order) > 1:
+                return cls(compiled.string, itemgetter(*order))  # a tuple of the row's values, in C
             return cls(compiled.string, lambda row: tuple([row[n] if k else v for n, k, v in getters]))
         if not fixed:  # pyformat (psycopg): the row itself
             return cls(compiled.string, lambda row: row)

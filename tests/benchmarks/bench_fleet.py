@@ -88,6 +88,7 @@ def ceiling(section: Section, quick: bool, tmp: Path) -> dict[str, float]:
             res = _closed(server, 1 if quick else 3, f"ceiling-{kind}", 20.0, base_time(back_s=600))
             cpu = server.cpu_s() - cpu0
         rates[kind] = res["sent"] / res["wall_s"]
+        rates[f"{kind}_cpu_ms"] = cpu / max(res["sent"], 1) * 1e3
         what = "empty handler, same app and stack" if kind == "app" else "bare ASGI app, same uvicorn"
         section.add(f"ceiling: {what}", f"{rates[kind]:,.0f} batches/s ({cpu / max(res['sent'], 1) * 1e3:.3f} ms "
                     f"server CPU/batch; client {res['client_us_per_request']:.0f} us/request)")
@@ -115,9 +116,15 @@ def run_config(section: Section, backend: str, workers: int, quick: bool, tmp: P
     rate = res["sent"] / res["wall_s"]
     section.add(f"fleet {name}: sustained", f"{rate:,.0f} batches/s = {rate / NEEDED_BATCHES_PER_S:.2f}x the 204.8/s "
                 f"needed", f">= {TARGET_HEADROOM:g}x", verdict_min(rate / NEEDED_BATCHES_PER_S, TARGET_HEADROOM))
+    cpu_ms = cpu / max(res["sent"], 1) * 1e3
+    cpu_headroom = 1e3 / cpu_ms / workers / NEEDED_BATCHES_PER_S  # batches one core's worth of CPU takes, per process
+    section.add(f"fleet {name}: server CPU per batch", f"{cpu_ms:.3f} ms = {cpu_headroom:.2f}x the fleet per core"
+                + (f" (postgres +{pg_cpu / max(res['sent'], 1) * 1e3:.3f} ms)" if backend == "postgresql" else ""),
+                f">= {TARGET_HEADROOM:g}x", verdict_min(cpu_headroom, TARGET_HEADROOM))
     if workers == 1 and ceilings:
         ratio = rate / ceilings["app"]
-        section.add(f"fleet {name}: real / empty-handler ceiling", f"{ratio:.2f} (bare ASGI: {rate / ceilings['asgi']:.2f})",
+        section.add(f"fleet {name}: real / empty-handler ceiling", f"{ratio:.2f} by rate, {ceilings['app_cpu_ms'] / cpu_ms:.2f} "
+                    f"by CPU per batch (bare ASGI: {rate / ceilings['asgi']:.2f}, {ceilings['asgi_cpu_ms'] / cpu_ms:.2f})",
                     f">= {TARGET_CEILING}", verdict_min(ratio, TARGET_CEILING))
     for factor, r in opened.items():
         section.add(f"fleet {name}: ack at {factor}x, open loop", f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms "
@@ -137,20 +144,25 @@ def run_config(section: Section, backend: str, workers: int, quick: bool, tmp: P
         section.note(f"{name}: errors: {res['errors']} closed loop, first: {first}")
 
 
-def run(quick: bool = False) -> Section:
+def run(quick: bool = False, ceilings_too: bool = True) -> Section:
     section = Section("fleet")
     with tempfile.TemporaryDirectory(prefix="bench_fleet_") as tmp_s:
         tmp = Path(tmp_s)
-        ceilings = ceiling(section, quick, tmp)
+        ceilings = ceiling(section, quick, tmp) if ceilings_too else {}
         for backend in backends():
-            for workers in (1, 2) if backend == "postgresql" else (1,):
+            for workers in (1, 2) if backend == "postgresql" and _has_workers() else (1,):
                 run_config(section, backend, workers, quick, tmp, ceilings)
     section.note("one machine (2 cores, shared with other work) holds the server, the client and PostgreSQL: "
                  "compare the ratios, measured in the same run, more than the absolute rates")
     return section
 
 
+def _has_workers() -> bool:
+    """Whether this tree's server has --workers (a benchmark run against an older tree has not)."""
+    return Path(BENCH_DIR.parents[1], "api", "cli", "serve.py").exists()
+
+
 if __name__ == "__main__":
     from run import print_table
 
-    print_table([run(quick="--quick" in sys.argv)])
+    print_table([run(quick="--quick" in sys.argv, ceilings_too="--no-ceiling" not in sys.argv)])
