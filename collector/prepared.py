@@ -37,8 +37,9 @@ class Prepared:
         """``stmt`` compiled for ``dialect``, taking each row's ``keys`` (an INSERT's columns)."""
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         fixed = {name: value for name, value in compiled.params.items() if name not in keys}
-        if compiled.positiontup is not None:  # qmark (sqlite3): a tuple in the statement's order
-            order = tuple(compiled.positiontup)
+        positions = getattr(compiled, "positiontup", None)  # a SQLCompiler's; None for named parameters
+        if positions is not None:  # qmark (sqlite3): a tuple in the statement's order
+            order = tuple(positions)
             getters = [(name, name in keys, fixed.get(name)) for name in order]
             if not fixed and len(order) > 1:
                 return cls(compiled.string, itemgetter(*order))  # a tuple of the row's values, in C
@@ -78,7 +79,7 @@ def copy_rows(conn: Connection, table: Table, keys: Sequence[str], rows: Iterabl
     columns = ", ".join(f'"{key}"' for key in keys)
     sql = f'COPY "{table.name}" ({columns}) FROM STDIN'
     try:
-        with driver_errors(conn, sql), cursor.copy(sql) as copy:  # type: ignore[attr-defined]
+        with driver_errors(conn, sql), cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row([row[key] for key in keys])
     finally:

@@ -13,7 +13,8 @@ class IngestStats:
                                ["outcome"], registry=registry)
         self.intervals = Counter("gpuledger_collector_intervals", "GPU intervals applied", registry=registry)
         self.seconds = Histogram("gpuledger_collector_ingest_seconds", "Time to apply one batch, from request to commit",
-                                 registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+                                 registry=registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         for outcome in OUTCOMES:
             self.batches.labels(outcome)  # present from the start, at 0
 

@@ -39,7 +39,7 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     sums them; the periodic jobs run in whichever process holds the scheduler lease."""
     lease = SchedulerLease(engine)
 
-    def once(job: Callable[..., object], *args: object) -> Callable[[], None]:
+    def once(job: Callable[..., object], *args: object) -> Callable[[], object]:
         return lambda: None if not lease.held() else job(*args)
 
     @asynccontextmanager
