@@ -113,7 +113,7 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
     srv = start_server(db_url, None, tmp_path / "server.log")
     yield srv
     srv.process.terminate()
-    srv.process.wait(timeout=15)
+    srv.process.wait(timeout=15 if TEST_WORKERS == "1" else 60)  # workers stop one by one
 
 
 class CollectingPusher(Pusher):
