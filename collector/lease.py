@@ -49,5 +49,5 @@ class SchedulerLease:
     def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(DBAPIError):
-                self._conn.close()  # the session ends: PostgreSQL drops its advisory locks
+                self._conn.invalidate()  # closes the session itself (not back to the pool): the lock goes with it
             self._conn = None

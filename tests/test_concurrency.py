@@ -18,6 +18,7 @@ from agent.loop import Agent, NodeLabels
 from agent.nvml import NvmlSource
 from agent.sim.node import SimulatedNode
 from agent.sim.spec import parse_spec
+from collector.lease import SchedulerLease
 from tests.conftest import BACKENDS, CollectingPusher, start_server
 
 NODE = {"gpu_count": 4, "model": "NVIDIA H100 80GB HBM3", "idle_w": 70.0, "busy_w": 650.0, "tdp_w": 700.0}
@@ -132,3 +133,19 @@ def test_workers_need_postgresql(tmp_path: Path):
     assert result.stderr.strip() == ("gpuledger server: error: --workers 2 needs PostgreSQL: SQLite allows one writing "
                                      "process; run one server process on it, or use --db postgresql+psycopg://…")
     assert not (tmp_path / "x.db").exists()  # refused before the database was touched
+
+
+@BACKENDS
+def test_one_process_holds_the_scheduler_lease_and_another_takes_it_over(engine):
+    first, second = SchedulerLease(engine), SchedulerLease(engine)
+    try:
+        if engine.dialect.name == "sqlite":  # one server process: it always runs the periodic jobs
+            assert first.held() and second.held()
+            return
+        assert first.held() and not second.held()
+        assert first.held() and not second.held()  # kept while its session lives
+        first.release()  # the process stops: its session, and the lock, go
+        assert second.held() and not first.held()
+    finally:
+        first.release()
+        second.release()
