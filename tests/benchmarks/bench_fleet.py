@@ -117,7 +117,7 @@ def run_config(section: Section, backend: str, workers: int, quick: bool, tmp: P
     section.add(f"fleet {name}: sustained", f"{rate:,.0f} batches/s = {rate / NEEDED_BATCHES_PER_S:.2f}x the 204.8/s "
                 f"needed", f">= {TARGET_HEADROOM:g}x", verdict_min(rate / NEEDED_BATCHES_PER_S, TARGET_HEADROOM))
     cpu_ms = cpu / max(res["sent"], 1) * 1e3
-    cpu_headroom = 1e3 / cpu_ms / workers / NEEDED_BATCHES_PER_S  # batches one core's worth of CPU takes, per process
+    cpu_headroom = 1e3 / cpu_ms / NEEDED_BATCHES_PER_S  # the batches/s one core of server CPU takes, over the need
     section.add(f"fleet {name}: server CPU per batch", f"{cpu_ms:.3f} ms = {cpu_headroom:.2f}x the fleet per core"
                 + (f" (postgres +{pg_cpu / max(res['sent'], 1) * 1e3:.3f} ms)" if backend == "postgresql" else ""),
                 f">= {TARGET_HEADROOM:g}x", verdict_min(cpu_headroom, TARGET_HEADROOM))
