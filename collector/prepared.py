@@ -31,6 +31,7 @@ class Prepared:
 
     sql: str
     params: Callable[[Row], Any]
+    keys: frozenset[str] = frozenset()  # what a row may hold: a row with more is refused, not cut short
 
     @classmethod
     def compile(cls, stmt: ClauseElement, dialect: Dialect, keys: Sequence[str]) -> Prepared:
@@ -42,13 +43,23 @@ class Prepared:
             order = tuple(positions)
             getters = [(name, name in keys, fixed.get(name)) for name in order]
             if not fixed and len(order) > 1:
-                return cls(compiled.string, itemgetter(*order))  # a tuple of the row's values, in C
-            return cls(compiled.string, lambda row: tuple([row[n] if k else v for n, k, v in getters]))
+                return cls(compiled.string, itemgetter(*order), frozenset(keys))  # a tuple of the row's values, in C
+            return cls(compiled.string, lambda row: tuple([row[n] if k else v for n, k, v in getters]), frozenset(keys))
         if not fixed:  # pyformat (psycopg): the row itself
-            return cls(compiled.string, lambda row: row)
-        return cls(compiled.string, lambda row: {**fixed, **row})
+            return cls(compiled.string, lambda row: row, frozenset(keys))
+        return cls(compiled.string, lambda row: {**fixed, **row}, frozenset(keys))
+
+    def check(self, row: Row) -> None:
+        """A row with a column this statement was not compiled for would lose it: refuse it."""
+        extra = set(row) - self.keys
+        if extra:
+            raise ValueError(f"row columns {sorted(extra)}: not in the prepared statement's {sorted(self.keys)}; "
+                             "add them to its keys")
 
     def run_many(self, conn: Connection, rows: Iterable[Row]) -> None:
+        rows = list(rows)
+        if rows:
+            self.check(rows[0])
         params = [self.params(row) for row in rows]
         if params:
             cursor = conn.connection.cursor()
@@ -80,7 +91,9 @@ def copy_rows(conn: Connection, table: Table, keys: Sequence[str], rows: Iterabl
     sql = f'COPY "{table.name}" ({columns}) FROM STDIN'
     try:
         with driver_errors(conn, sql), cursor.copy(sql) as copy:
-            for row in rows:
+            for n, row in enumerate(rows):
+                if n == 0:
+                    Prepared(sql, dict, frozenset(keys)).check(row)
                 copy.write_row([row[key] for key in keys])
     finally:
         cursor.close()

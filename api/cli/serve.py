@@ -35,7 +35,9 @@ class WorkersError(ValueError):
     """--workers asked for what the database cannot do."""
 
 
-def check_workers(workers: int, backend: str) -> None:
+def check_workers(workers: int, db_url: str) -> None:
+    """--workers N for the database at ``db_url``: N > 1 needs PostgreSQL."""
+    backend = db_url.partition(":")[0].partition("+")[0]
     if workers < 1:
         raise WorkersError(f"--workers {workers}: expected 1 or more")
     if workers > 1 and backend != "postgresql":
