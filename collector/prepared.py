@@ -38,6 +38,11 @@ class Prepared:
         """``stmt`` compiled for ``dialect``, taking each row's ``keys`` (an INSERT's columns)."""
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         fixed = {name: value for name, value in compiled.params.items() if name not in keys}
+        for column in getattr(compiled, "insert_prefetch", ()):  # columns the row leaves to their default
+            if column.key not in keys:
+                if column.default is None or not column.default.is_scalar:
+                    raise ValueError(f"column {column.key!r}: a prepared INSERT needs it in the row or a constant default")
+                fixed[column.key] = column.default.arg
         positions = getattr(compiled, "positiontup", None)  # a SQLCompiler's; None for named parameters
         if positions is not None:  # qmark (sqlite3): a tuple in the statement's order
             order = tuple(positions)
