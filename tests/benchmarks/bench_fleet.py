@@ -65,14 +65,14 @@ def _open(server: Server, factor: int, seconds: float, boot: str, start_s: float
 
 
 def _stored(url: str) -> tuple[int, float]:
-    """(gpu_intervals rows, sum of job_hours.gpu_seconds) in the database."""
+    """(raw interval rows, sum of job_hours.gpu_seconds) in the database."""
     from sqlalchemy import func, select
 
-    from collector.models import GpuInterval, JobHour
+    from collector.models import JobHour, RawInterval
 
     engine = new_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(GpuInterval.__table__)).scalar_one()
+        rows = conn.execute(select(func.count()).select_from(RawInterval)).scalar_one()
         gpu_s = conn.execute(select(func.coalesce(func.sum(JobHour.__table__.c.gpu_seconds), 0.0))).scalar_one()
     engine.dispose()
     return rows, float(gpu_s)
