@@ -11,7 +11,7 @@ from sqlalchemy import event, func, select
 
 from api.accounting.rates import LedgerConfig
 from api.http.app import create_app
-from collector.models import GpuInterval, IngestedBatch, JobGpu
+from collector.models import IngestedBatch, JobGpu, RawInterval
 from collector.schemas import BatchIn
 from collector.writer import GroupWriter
 from tests.conftest import BACKENDS
@@ -87,5 +87,5 @@ def test_batches_that_queue_share_transactions_and_a_bad_one_fails_alone(engine)
     assert grouped < 16  # 64 batches that arrived together: a few transactions, not 64
     assert isinstance(second[1], Exception) and "datacenter" in str(second[1])  # the bad batch fails alone
     assert [r.applied for r in (second[0], *second[2:])] == [False] * 3  # replays: acknowledged, not applied again
-    assert count(engine, IngestedBatch) == 64 and count(engine, GpuInterval) == 128
+    assert count(engine, IngestedBatch) == 64 and count(engine, RawInterval) == 128
     assert count(engine, JobGpu) == 8  # 4 nodes x 2 GPUs, once each
