@@ -4,6 +4,9 @@
    ``<gpu>.<gpu_instance>`` for MIG, each line a job id), written by Slurm prolog/epilog;
 2. the processes on the GPU: ``/proc/<pid>/environ`` then ``/proc/<pid>/cgroup``;
 3. otherwise nobody: the GPU is unallocated.
+
+On a MIG-enabled GPU the owners are per GPU instance (``JobRef.gpu_instance``), and the
+precedence holds per instance. How a GPU is shared among its owners is ``agent.split``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -29,9 +32,10 @@ class JobRef:
     budget_usd: float | None = None
     budget_co2e_kg: float | None = None
     release: str | None = None  # GPULEDGER_RELEASE: groups jobs into a model card (e.g. llama-2)
+    gpu_instance: int | None = None  # the MIG GPU instance it owns; None: the whole GPU
 
 
-Owners = tuple[JobRef, ...]  # several owners share the GPU equally; empty: unallocated
+Owners = tuple[JobRef, ...]  # several owners share the GPU (agent.split); empty: unallocated
 
 
 class OwnerSource(Protocol):
@@ -42,12 +46,19 @@ _MAPPING_NAME = re.compile(r"^(\d+)(?:\.(\d+))?$")
 
 
 class JobMappingDir:
-    """dcgm-exporter's HPC job mapping, re-read at every collection; missing dir = no mapping."""
+    """dcgm-exporter's HPC job mapping, re-read at every collection; missing dir = no mapping.
+
+    As dcgm-exporter (internal/pkg/transformation/hpc.go) keys it: ``<gpu>`` for a whole GPU,
+    ``<gpu>.<gpu_instance>`` for a MIG instance, matched as the exact decimal strings (``02``
+    is no GPU's name); an instance file applies only to a MIG-enabled GPU that has that
+    instance. Directories and unreadable entries are skipped; each non-blank line is a job id.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
+        instances = {s.index: {i.gpu_instance for i in s.mig.instances} for s in samples if s.mig is not None}
         found: dict[int, list[JobRef]] = {}
         try:
             entries = list(self.root.iterdir())
@@ -55,14 +66,18 @@ class JobMappingDir:
             return {}
         for path in sorted(entries):
             match = _MAPPING_NAME.match(path.name)
-            if not match:
+            if not match or any(str(int(part)) != part for part in match.groups() if part is not None):
                 continue
+            index = int(match.group(1))
+            gpu_instance = None if match.group(2) is None else int(match.group(2))
+            if gpu_instance is not None and gpu_instance not in instances.get(index, ()):
+                continue  # no MIG on that GPU, or no such instance: dcgm-exporter ignores it too
             try:
-                lines = path.read_text().split()
+                lines = [line.strip() for line in path.read_text().splitlines()]
             except OSError:
-                continue  # removed by the epilog between listing and reading
-            jobs = found.setdefault(int(match.group(1)), [])
-            jobs.extend(JobRef(job_id) for job_id in lines if JobRef(job_id) not in jobs)
+                continue  # removed by the epilog between listing and reading, or a directory
+            jobs = found.setdefault(index, [])
+            jobs.extend(job for job in (JobRef(j, gpu_instance=gpu_instance) for j in lines if j) if job not in jobs)
         return {index: tuple(jobs) for index, jobs in found.items() if jobs}
 
 
@@ -145,9 +160,13 @@ class ProcessOwners:
         live: set[int] = set()
         for sample in samples:
             live.update(sample.pids)
-            jobs = {job for pid in sample.pids if (job := self.job_of_pid(pid)) is not None}
+            instances = sample.pid_instances if sample.mig is not None else ()
+            jobs = {
+                replace(job, gpu_instance=instances[n] if n < len(instances) else None)
+                for n, pid in enumerate(sample.pids) if (job := self.job_of_pid(pid)) is not None
+            }
             if jobs:
-                result[sample.index] = tuple(sorted(jobs, key=lambda j: j.job_id))
+                result[sample.index] = tuple(sorted(jobs, key=lambda j: (j.job_id, j.gpu_instance or -1)))
         for pid in self._cache.keys() - live:  # a PID that left may be reused
             del self._cache[pid]
         return result
@@ -160,15 +179,30 @@ class Attributor:
         self.sources = list(sources)
 
     def owners(self, samples: list[GpuSample]) -> dict[int, Owners]:
-        result: dict[int, Owners] = {}
+        """Per GPU (per GPU instance on MIG), the owners of the first source that names any."""
+        result: dict[tuple[int, int | None], list[JobRef]] = {}
         known: dict[str, JobRef] = {}  # the fullest metadata any source has for a job
         for source in self.sources:
-            for index, jobs in source.owners(samples).items():
-                result.setdefault(index, jobs)
-                for job in jobs:
+            named: dict[tuple[int, int | None], list[JobRef]] = {}
+            for index, owned in source.owners(samples).items():
+                for job in owned:
+                    named.setdefault((index, job.gpu_instance), []).append(job)
                     if job.job_id not in known or _richness(job) > _richness(known[job.job_id]):
                         known[job.job_id] = job
-        return {index: tuple(known[j.job_id] for j in jobs) for index, jobs in result.items()}
+            for key, listed in named.items():
+                result.setdefault(key, listed)
+        out: dict[int, list[JobRef]] = {}
+        for (index, _instance), listed in sorted(result.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)):
+            out.setdefault(index, []).extend(replace(known[j.job_id], gpu_instance=j.gpu_instance) for j in listed)
+        return {index: tuple(listed) for index, listed in out.items()}
+
+    def job_of_pid(self, pid: int) -> JobRef | None:
+        """The job of a process, from the first source that knows processes."""
+        for source in self.sources:
+            lookup = getattr(source, "job_of_pid", None)
+            if lookup is not None and (job := lookup(pid)) is not None:
+                return job
+        return None
 
 
 def _richness(job: JobRef) -> int:

@@ -25,7 +25,8 @@ from agent.roce import RdmaPorts
 from agent.sim.nics import SimulatedPorts
 from agent.sim.spec import SpecError, load_spec
 from agent.spool import Spool
-from agent.state import CounterState, host_boot_id
+from agent.state import host_boot_id
+from agent.statedir import FallbackStore, SafeCounterState, StateHealth, default_state_dir
 
 log = logging.getLogger("gpuledger.agent")
 
@@ -51,6 +52,19 @@ def _serve_metrics(agent: Agent, address: str, port: int) -> Any:
     return server
 
 
+def _state(state_dir: Path | None, spool_max_mb: float) -> tuple[Any, SafeCounterState | None, StateHealth | None]:
+    """The spool and counter state in ``state_dir``; a directory that cannot be written degrades to memory."""
+    if state_dir is None:
+        return None, None, None
+    health = StateHealth(state_dir)
+    state = SafeCounterState(state_dir / "counters.json", health)
+    try:
+        return FallbackStore(Spool(state_dir / "spool", max_bytes=int(spool_max_mb * 1024**2)), health), state, health
+    except OSError as exc:
+        health.failed("open the spool", exc)
+        return None, state, health
+
+
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
     token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
@@ -62,7 +76,7 @@ def agent_command(
     job_mapping_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
     proc_root: Annotated[Path, typer.Option(help="Root of the host's /proc (the agent must see host PIDs).")] = Path("/proc"),
     sysfs_root: Annotated[Path, typer.Option(help="Root of the host's /sys, for RoCE/InfiniBand port counters.")] = Path("/sys"),
-    state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts) [default: /var/lib/gpuledger-agent when writable, else $XDG_STATE_HOME/gpuledger-agent; with --simulate: none, memory only].")] = None,
     spool_max_mb: Annotated[float, typer.Option(help="Spool size at which its oldest batches are merged into coarser ones (nothing is dropped).")] = 256.0,
     simulate: Annotated[Path | None, typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
     sim_epoch: Annotated[float | None, typer.Option(help="Unix time the simulation's offsets count from \\[default: now].")] = None,
@@ -96,23 +110,27 @@ def agent_command(
         announce()
         source = NvmlSource(sim.nvml)
         sources.append(sim)
-        ports: PortSource = SimulatedPorts(spec, node, clock, sim.epoch_s)
+        ports: PortSource
+        if not spec.node(node).nics and sysfs_root != Path("/sys"):  # simulated GPUs, a given (e.g. recorded) port tree
+            ports = RdmaPorts(sysfs_root)
+        else:
+            ports = SimulatedPorts(spec, node, clock, sim.epoch_s)
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
         ports = RdmaPorts(sysfs_root)
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
-    store, state = None, None
-    if state_dir is not None:
-        try:
-            store = Spool(state_dir / "spool", max_bytes=int(spool_max_mb * 1024**2))
-            state = CounterState(state_dir / "counters.json")
-        except OSError as exc:
-            _fail(f"--state-dir {str(state_dir)!r}: {exc}")
+    try:
+        source.open()  # NVML first: a node without it gets one line, and no state directory
+    except NvmlUnavailable as exc:
+        _fail(str(exc))
+    if state_dir is None and simulate is None:
+        state_dir = default_state_dir()
+    store, state, health = _state(state_dir, spool_max_mb)
     try:
         agent = Agent(
             source, Attributor(sources), Pusher(collector, client=_client(token), store=store), labels, clock, interval, push_interval,
-            simulated=simulate is not None, ports=ports, state=state, epoch=host_boot_id(proc_root),
+            simulated=simulate is not None, ports=ports, state=state, epoch=host_boot_id(proc_root), state_health=health,
         )
     except NvmlUnavailable as exc:
         _fail(str(exc))
@@ -120,8 +138,9 @@ def agent_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     log.info(
-        "node %s (cluster %s, datacenter %s): %d GPUs, %d RDMA ports, sampling every %gs, pushing to %s every %gs",
+        "node %s (cluster %s, datacenter %s): %d GPUs, %d RDMA ports, sampling every %gs, pushing to %s every %gs, state in %s",
         labels.node, labels.cluster, labels.datacenter, len(agent.gpus), len(ports.read()), interval, collector, push_interval,
+        state_dir or "memory only",
     )
     try:
         agent.run()

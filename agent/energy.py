@@ -7,6 +7,8 @@
 
 ``counter_gap`` marks energy measured by the counter across a stretch the agent itself was
 down, attributed to the jobs that held the GPU both before and after it (else unallocated).
+``power_gap`` marks the part of such a stretch the counter cannot cover (it reset while the
+agent was down, or the GPU has none): estimated from the power read at both ends.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ POWER_INTEGRATED: Final = "power_integrated"
 POWER_INSTANT: Final = "power_instant"
 NONE: Final = "none"
 COUNTER_GAP: Final = "counter_gap"  # counter delta across the agent's own downtime, attribution inferred
-METHODS: Final = (COUNTER, POWER_INTEGRATED, POWER_INSTANT, NONE, COUNTER_GAP)
+POWER_GAP: Final = "power_gap"  # part of the agent's downtime estimated from power (counter reset meanwhile)
+METHODS: Final = (COUNTER, POWER_INTEGRATED, POWER_INSTANT, NONE, COUNTER_GAP, POWER_GAP)
 MEASURED: Final = (COUNTER, COUNTER_GAP)
 
 
@@ -41,10 +44,14 @@ def energy_step(prev: GpuSample, cur: GpuSample) -> EnergyStep:
         if cur.energy_mj >= prev.energy_mj:
             return EnergyStep(seconds, (cur.energy_mj - prev.energy_mj) / 1000, COUNTER)
         reset = True  # the driver reloaded: a counter that went down is a reset
-    if prev.power_mw is not None and cur.power_mw is not None:
-        energy_j = (prev.power_mw + cur.power_mw) / 2000 * seconds
-        return EnergyStep(seconds, energy_j, POWER_INTEGRATED, reset)
-    power_mw = cur.power_mw if cur.power_mw is not None else prev.power_mw
+    return power_step(seconds, prev.power_mw, cur.power_mw, reset)
+
+
+def power_step(seconds: float, start_mw: int | None, end_mw: int | None, reset: bool = False) -> EnergyStep:
+    """Energy from the power read at both ends of a step (trapezoid), else at one of them."""
+    if start_mw is not None and end_mw is not None:
+        return EnergyStep(seconds, (start_mw + end_mw) / 2000 * seconds, POWER_INTEGRATED, reset)
+    power_mw = end_mw if end_mw is not None else start_mw
     if power_mw is not None:
         return EnergyStep(seconds, power_mw / 1000 * seconds, POWER_INSTANT, reset)
     return EnergyStep(seconds, 0.0, NONE, reset)

@@ -101,8 +101,8 @@ class AgentCollector(Collector):
             if sample.clocks_event_reasons is not None:
                 for reason, bit in CLOCKS_EVENT_REASONS.items():
                     reasons.add_metric([*labels, reason], float(bool(sample.clocks_event_reasons & bit)))
-            for job in snap.owners.get(sample.index, ()):
-                job_info.add_metric([node, str(sample.index), info.uuid, f"{agent.labels.cluster}/{job.job_id}"], 1)
+            for job_id in dict.fromkeys(job.job_id for job in snap.owners.get(sample.index, ())):  # once per GPU, MIG or not
+                job_info.add_metric([node, str(sample.index), info.uuid, f"{agent.labels.cluster}/{job_id}"], 1)
         yield from (*families.values(), energy, reasons, job_info)
 
     def _ports(self) -> Iterator[Metric]:
@@ -136,6 +136,12 @@ class AgentCollector(Collector):
         errors = getattr(agent.source, "errors", None)
         if errors is not None:
             yield _one(CounterMetricFamily, "gpuledger_agent_nvml_errors", "NVML calls that failed", node, errors)
+        health = getattr(agent, "state_health", None)
+        if health is not None:
+            yield _one(GaugeMetricFamily, "gpuledger_agent_state_degraded", "1 while the state directory cannot be "
+                       "written (full or read-only): batches wait in memory", node, float(health.degraded))
+            yield _one(CounterMetricFamily, "gpuledger_agent_state_write_failures", "Writes to the state directory that "
+                       "failed", node, health.write_failures)
         yield _one(GaugeMetricFamily, "gpuledger_agent_gpus_lost", "GPUs fallen off the bus", node, agent.snapshot.gpus_lost)
         yield _one(GaugeMetricFamily, "gpuledger_agent_spool_batches", "Batches waiting for the collector", node, len(queue))
         spool_bytes = getattr(queue, "bytes", None)

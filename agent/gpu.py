@@ -20,6 +20,23 @@ class GpuInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class MigInstance:
+    """One MIG GPU instance: its id on the GPU and its size in compute slices (1g = 1, 7g = 7)."""
+
+    gpu_instance: int
+    slices: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigLayout:
+    """A MIG-enabled GPU: its instances, and how many compute slices the whole GPU has (7 on
+    A100/H100/H200, 4 on A30); slices no instance holds are idle capacity."""
+
+    total_slices: int
+    instances: tuple[MigInstance, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GpuSample:
     index: int
     time_s: float
@@ -31,6 +48,9 @@ class GpuSample:
     lost: bool = False
     temperature_c: int | None = None
     clocks_event_reasons: int | None = None  # NVML bitmask: why the clocks are held down
+    pid_instances: tuple[int | None, ...] = ()  # per pid: its MIG GPU instance (None off MIG)
+    mig: MigLayout | None = None  # None: MIG is off on this GPU
+    pid_sm_util: tuple[tuple[int, int], ...] | None = None  # (pid, SM %) samples; None: not given
 
 
 class GpuSource(Protocol):
@@ -38,6 +58,13 @@ class GpuSource(Protocol):
 
     def open(self) -> list[GpuInfo]: ...
 
-    def sample(self, time_s: float) -> list[GpuSample]: ...
+    def sample(self, time_s: float, energy: bool = True) -> list[GpuSample]:
+        """Every GPU's readings; with ``energy=False`` without the energy counter (``energy_mj``
+        None), which ``read_energy`` then reads for the GPUs that need it."""
+        ...
+
+    def read_energy(self, index: int) -> int | None:
+        """The energy counter of one GPU (mJ), None where it has none or the read failed."""
+        ...
 
     def close(self) -> None: ...

@@ -1,7 +1,9 @@
-"""Cut samples into per (GPU, job, energy method) intervals between two pushes.
+"""Cut samples into per (GPU, GPU instance, job, energy method, split) intervals between two pushes.
 
 The step from one sample to the next belongs to whoever owned the GPU at the earlier
 sample: a job that starts at t owns [t, t_next), one that ends at t owns nothing after t.
+Each owner gets its share (``agent.split``) of the step's time and energy; the interval says
+how the GPU was split (``split``) and, on MIG, which GPU instance it is (``gpu_instance``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.attribution import JobRef, Owners
+from agent.attribution import JobRef
 from agent.energy import EnergyStep
 from agent.gpu import GpuInfo
+from agent.split import WHOLE, Split
 
 
 @dataclass(slots=True)
@@ -25,12 +28,15 @@ class OpenInterval:
     busy_gpu_seconds: float = 0.0
     energy_j: float = 0.0
     max_memory_used_bytes: int | None = None
+    gpu_instance: int | None = None
+    split: str = WHOLE
+    mig_slices: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "gpu_uuid": self.gpu.uuid,
             "gpu_index": self.gpu.index,
-            "gpu_model": self.gpu.name,
+            "gpu_model": self.gpu.name if self.mig_slices is None else f"{self.gpu.name} MIG {self.mig_slices} slices",
             "job": None if self.job is None else self.job.job_id,
             "start_s": self.start_s,
             "end_s": self.end_s,
@@ -39,31 +45,34 @@ class OpenInterval:
             "energy_j": self.energy_j,
             "energy_method": self.method,
             "max_memory_used_bytes": self.max_memory_used_bytes,
+            "gpu_instance": self.gpu_instance,
+            "split": self.split,
         }
 
 
 @dataclass(slots=True)
 class IntervalCutter:
     gpus: dict[int, GpuInfo]
-    _open: dict[tuple[int, str | None, str], OpenInterval] = field(default_factory=dict)
+    _open: dict[tuple[int, int | None, str | None, str, str], OpenInterval] = field(default_factory=dict)
     _jobs: dict[str, JobRef] = field(default_factory=dict)
 
     def add(
         self,
         index: int,
-        owners: Owners,
+        split: Split,
         start_s: float,
         step: EnergyStep,
         util_gpu_pct: int | None,
         memory_used_bytes: int | None,
     ) -> None:
-        """Account one step of one GPU to its owners, shared equally."""
-        share = 1 / len(owners) if owners else 1.0
-        for job in owners or (None,):
-            key = (index, None if job is None else job.job_id, step.method)
+        """Account one step of one GPU to its owners, each by its share."""
+        for part in split.shares:
+            job, share = part.job, part.weight
+            key = (index, part.gpu_instance, None if job is None else job.job_id, step.method, split.method)
             interval = self._open.get(key)
             if interval is None:
-                interval = OpenInterval(self.gpus[index], job, step.method, start_s, start_s)
+                interval = OpenInterval(self.gpus[index], job, step.method, start_s, start_s,
+                                        gpu_instance=part.gpu_instance, split=split.method, mig_slices=part.mig_slices)
                 self._open[key] = interval
             if job is not None:
                 self._jobs[job.job_id] = job

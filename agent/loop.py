@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,13 +15,15 @@ from typing import Any, Protocol
 from agent import __version__
 from agent.attribution import Attributor, Owners
 from agent.clock import Clock
-from agent.energy import energy_step
+from agent.energy import EnergyStep
 from agent.gpu import GpuSample, GpuSource
 from agent.intervals import IntervalCutter
 from agent.network import NetworkCutter, job_shares, node_step
 from agent.push import Pusher
 from agent.resume import gap_steps, saved_readings
 from agent.roce import PortReading, PortTotals
+from agent.segments import Piece, Segments
+from agent.split import UNALLOCATED, Split, split_gpu
 from agent.state import CounterState, from_json, newest, to_json
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class Agent:
         ports: PortSource | None = None,
         state: CounterState | None = None,
         epoch: str | None = None,
+        state_health: Any = None,
     ) -> None:
         self.source, self.attributor, self.pusher = source, attributor, pusher
         self.labels, self.clock = labels, clock
@@ -70,6 +74,10 @@ class Agent:
         self.seq = 0
         self._prev: dict[int, GpuSample] = {}
         self._owners: dict[int, Owners] = {}
+        self._splits: dict[int, Split] = {}
+        self._lost: set[int] = set()
+        self.segments = Segments()
+        self._lazy_energy = hasattr(source, "read_energy")  # read the counter only where needed
         self._stop = threading.Event()
         self.gpus = {info.index: info for info in source.open()}
         self.cutter = IntervalCutter(self.gpus)
@@ -77,7 +85,7 @@ class Agent:
         self.network = NetworkCutter()
         self._prev_ports: list[PortReading] | None = None
         self._prev_ports_s = 0.0
-        self.state, self.epoch = state, epoch
+        self.state, self.epoch, self.state_health = state, epoch, state_health
         self.snapshot = Snapshot()
         self.port_totals = PortTotals()
         self.counter_resets: Counter[int] = Counter()  # per GPU index
@@ -85,36 +93,69 @@ class Agent:
         spooled = getattr(pusher.queue, "latest_counters", lambda: None)()
         self._saved = newest(state.load() if state else {}, from_json(spooled or []))
 
-    def tick(self) -> None:
-        """Read every GPU and port once; account the step since the last read to the previous owners."""
+    def tick(self, boundary: bool = True) -> None:
+        """Read every GPU and port once; account the step since the last read to the previous owners.
+
+        The energy counter is read at a ``boundary`` (a push follows), at a GPU's first sample
+        and where its owners changed; in between, steps wait in ``segments``."""
         started = time.perf_counter()
         now_s = self.clock.now()
-        read = self.source.sample(now_s)
+        # Where the counter is needed anyway, read it with the sample (at its time); only an owner
+        # change between boundaries, known after attribution, reads it a little later.
+        unseen = self.gpus.keys() - self._prev.keys() - self._lost
+        early = not self._lazy_energy or boundary or bool(self._saved) or bool(unseen)
+        read = self.source.sample(now_s) if early else self.source.sample(now_s, energy=False)
+        self._lost.update(s.index for s in read if s.lost)
         samples = [s for s in read if not s.lost]
+        owners = self.attributor.owners(samples)
+        if not early:
+            samples = [self._with_energy(s, owners) for s in samples]
+        for lost in (s for s in read if s.lost and s.index in self.segments.anchors):
+            self._account(lost.index, self.segments.drop(lost.index))
         if self._saved:
-            self._resume(samples)
+            self._resume(samples, owners)
         for cur in samples:
-            prev = self._prev.get(cur.index)
-            if prev is not None and cur.time_s > prev.time_s:
-                step = energy_step(prev, cur)
-                if step.counter_reset:
-                    self.counter_resets[cur.index] += 1
-                    log.warning("GPU %d: energy counter went down (driver reload); step estimated from power", cur.index)
-                owners = self._owners.get(cur.index, ())
-                self.cutter.add(cur.index, owners, prev.time_s, step, cur.util_gpu_pct, cur.memory_used_bytes)
-            self._prev[cur.index] = cur
+            self._step(cur)
         readings = self._tick_ports(now_s) if self.ports is not None else []
-        self._owners = self.attributor.owners(samples)
+        self._owners = owners
+        job_of_pid = getattr(self.attributor, "job_of_pid", None)
+        self._splits = {s.index: split_gpu(s, owners.get(s.index, ()), job_of_pid) for s in samples}
         self.snapshot = Snapshot(tuple(samples), self._owners, tuple(readings), len(read) - len(samples))
         if self.on_cycle is not None:
             self.on_cycle(time.perf_counter() - started)
 
-    def _resume(self, samples: list[GpuSample]) -> None:
+    def _with_energy(self, cur: GpuSample, owners: dict[int, Owners]) -> GpuSample:
+        index = cur.index
+        changed = _owner_key(owners.get(index, ())) != _owner_key(self._owners.get(index, ()))
+        if changed or index not in self._prev:
+            return dataclasses.replace(cur, energy_mj=self.source.read_energy(index))
+        return cur
+
+    def _step(self, cur: GpuSample) -> None:
+        prev = self._prev.get(cur.index)
+        self._prev[cur.index] = cur
+        if prev is None or cur.time_s <= prev.time_s:
+            self.segments.open(cur)
+            return
+        self.segments.add(prev, cur, self._splits.get(cur.index, UNALLOCATED))
+        if cur.energy_mj is not None or self.segments.counterless(cur.index):
+            closed = self.segments.close(cur)
+            if any(step.counter_reset for _, step in closed):
+                self.counter_resets[cur.index] += 1
+                log.warning("GPU %d: energy counter went down (driver reload); steps estimated from power", cur.index)
+            self._account(cur.index, closed)
+
+    def _account(self, index: int, closed: list[tuple[Piece, EnergyStep]]) -> None:
+        for piece, step in closed:
+            self.cutter.add(index, piece.split, piece.start_s, step, piece.util_gpu_pct, piece.memory_used_bytes)
+
+    def _resume(self, samples: list[GpuSample], owners_now: dict[int, Owners]) -> None:
         """First readings after a restart: account the downtime from the saved counters."""
-        owners_now = self.attributor.owners(samples)
+        job_of_pid = getattr(self.attributor, "job_of_pid", None)
         for cur in samples:
-            for start_s, owners, step in gap_steps(self._saved, self.gpus[cur.index], cur, owners_now.get(cur.index, ()), self.epoch):
-                self.cutter.add(cur.index, owners, start_s, step, None, None)
+            owned = owners_now.get(cur.index, ())
+            for start_s, owners, step in gap_steps(self._saved, self.gpus[cur.index], cur, owned, self.epoch):
+                self.cutter.add(cur.index, split_gpu(cur, owners, job_of_pid), start_s, step, None, None)
                 self._enqueue()  # one batch per piece: the collector takes intervals of an hour at most
         self._saved = {}
 
@@ -152,7 +193,7 @@ class Agent:
     def _enqueue(self) -> None:
         """Cut a batch and hand it, with the counter readings it ends on, to the pusher."""
         batch = self.make_batch()
-        readings = saved_readings(self.gpus, self._prev, self._owners, self.epoch)
+        readings = saved_readings(self.gpus, self.segments.anchors, self._owners, self.epoch)
         if batch is not None:
             self.pusher.submit(batch, counters=to_json(readings))
         if self.state is not None and readings:
@@ -176,8 +217,10 @@ class Agent:
                 now_s = self.clock.now()
                 if until_s is not None and now_s > until_s:
                     break
-                self.tick()
-                if now_s - last_push_s >= self.push_interval_s:
+                due = now_s - last_push_s >= self.push_interval_s
+                last = until_s is not None and max(next_tick_s + self.interval_s, now_s) > until_s
+                self.tick(boundary=due or last)
+                if due:
                     self.push()
                     last_push_s = now_s
                 next_tick_s = max(next_tick_s + self.interval_s, self.clock.now())
@@ -189,3 +232,7 @@ class Agent:
             if not self.pusher.flush(force=True):
                 log.error("%d batches could not be delivered before exit", len(self.pusher.queue))
             self.source.close()
+
+
+def _owner_key(owners: Owners) -> tuple[tuple[str, int | None], ...]:
+    return tuple(sorted((job.job_id, -1 if job.gpu_instance is None else job.gpu_instance) for job in owners))

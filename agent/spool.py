@@ -259,8 +259,8 @@ class _Kind(NamedTuple):
     within_span: str | None  # a sum that cannot exceed the span unless the records overlap
 
 
-_INTERVAL = _Kind(("gpu_uuid", "job", "energy_method", "marked"), ("gpu_seconds", "busy_gpu_seconds", "energy_j"),
-                  ("max_memory_used_bytes",), "gpu_seconds")
+_INTERVAL = _Kind(("gpu_uuid", "gpu_instance", "job", "energy_method", "split", "marked"),
+                  ("gpu_seconds", "busy_gpu_seconds", "energy_j"), ("max_memory_used_bytes",), "gpu_seconds")
 _NETWORK = _Kind(("job",), ("seconds", "apportioned_bytes", "link_down_port_seconds"),
                  ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct"), None)
 

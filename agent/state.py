@@ -3,8 +3,9 @@
 At every push the agent saves, per GPU, the reading its data ends at (time, NVML energy counter,
 owners). When it starts again, ``gap_step`` turns the saved reading and the first new one into
 one step: the counter delta, exact, owned by the jobs that held the GPU before AND after, and
-marked as a gap. Where the energy cannot be known (no counter, a counter that went down or was
-restarted by a reboot, a gap too long) it says so and returns None: nothing is invented.
+marked as a gap. Where the counter cannot measure it (no counter, a counter that went down or was
+restarted by a reboot, a gap too long) it says so and returns None; ``agent.resume`` then
+accounts the gap's time and estimates what the counter does not cover (never dropped).
 
 Also the crash-safe file primitives the spool shares: ``write_atomic`` and ``fsync_dir``.
 """
@@ -62,6 +63,7 @@ class SavedGpu:
     energy_mj: int | None  # NVML total-energy counter; None: the GPU has none, or it failed
     owners: list[str]  # owner job ids at that time; [] = unallocated
     epoch: str | None = None  # host boot id: a counter of another epoch restarted from 0
+    power_mw: int | None = None  # the power read with it: estimates a gap the counter cannot bridge
 
 
 def host_boot_id(proc_root: str | Path = "/proc") -> str | None:
@@ -75,6 +77,7 @@ def host_boot_id(proc_root: str | Path = "/proc") -> str | None:
 def to_json(gpus: list[SavedGpu]) -> list[dict[str, Any]]:
     return [
         {"uuid": g.uuid, "time_s": g.time_s, "energy_mj": g.energy_mj, "owners": list(g.owners), "epoch": g.epoch}
+        | ({"power_mw": g.power_mw} if g.power_mw is not None else {})
         for g in gpus
     ]
 
@@ -99,7 +102,11 @@ def from_json(items: Any) -> dict[str, SavedGpu]:
             raise ValueError(f"owners = {owners!r} (GPU {uuid}): expected a list of job ids")
         if epoch is not None and not isinstance(epoch, str):
             raise ValueError(f"epoch = {epoch!r} (GPU {uuid}): expected a string or null")
-        out[uuid] = SavedGpu(uuid, float(time_s), energy_mj, owners, epoch)
+        power_mw = item.get("power_mw")
+        if power_mw is not None and (type(power_mw) is not int or not 0 <= power_mw <= MAX_POWER_W * 1000):
+            raise ValueError(f"power_mw = {power_mw!r} (GPU {uuid}): expected milliwatts from 0 to "
+                             f"{MAX_POWER_W * 1000:g} or null")
+        out[uuid] = SavedGpu(uuid, float(time_s), energy_mj, owners, epoch, power_mw)
     return out
 
 
@@ -185,7 +192,7 @@ def gap_step(
     elif (now_energy_mj - saved.energy_mj) / 1000 > max_power_w * seconds:
         why = f"{(now_energy_mj - saved.energy_mj) / 1000:g} J in {seconds:g} s is more than {max_power_w:g} W"
     if why is not None or now_energy_mj is None or saved.energy_mj is None:
-        log.warning("GPU %s: energy over the %g s gap is unknown (%s); not accounted", saved.uuid, seconds, why)
+        log.warning("GPU %s: the energy counter cannot measure the %g s gap (%s)", saved.uuid, seconds, why)
         return None
     owners = [job for job in dict.fromkeys(saved.owners) if job in now_owners]
     return GapStep(seconds, (now_energy_mj - saved.energy_mj) / 1000, owners, COUNTER, True)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent.energy import METHODS
 from agent.network import NETWORK_COUNTERS
+from agent.split import SPLITS
 
 NETWORK_COUNTER_NAMES = tuple(NETWORK_COUNTERS)
 
@@ -16,6 +17,7 @@ ClusterLabel = Annotated[str, StringConstraints(min_length=1, max_length=128, pa
 Text = Annotated[str, StringConstraints(max_length=256)]
 Seconds = Annotated[float, Field(ge=0)]
 EnergyMethod = Literal[METHODS]  # type: ignore[valid-type]
+SplitMethod = Literal[SPLITS]  # type: ignore[valid-type]
 
 MAX_INTERVAL_S = 3600.0  # agents cut at every push; an hour-long interval means a broken agent
 MAX_POWER_W = 10_000.0  # no single GPU board draws 10 kW
@@ -48,6 +50,9 @@ class IntervalIn(Strict):
     energy_j: Seconds
     energy_method: EnergyMethod
     max_memory_used_bytes: int | None = Field(default=None, ge=0)
+    gpu_instance: int | None = Field(default=None, ge=0, le=64, description="MIG GPU instance id; null: the whole GPU.")
+    split: SplitMethod = Field(default="whole", description="How the GPU was shared among its owners: whole, "
+                               "mig_slices (by compute slices), process_utilization (by per-process SM use) or equal.")
 
     @model_validator(mode="after")
     def _consistent(self) -> IntervalIn:

@@ -19,7 +19,7 @@ from agent.attribution import (
     job_from_environ,
     parse_environ,
 )
-from agent.gpu import GpuSample
+from agent.gpu import GpuSample, MigInstance, MigLayout
 
 # Above PID_MAX_LIMIT (4 * 1024 * 1024): no process can ever have this PID on Linux.
 IMPOSSIBLE_PID = 4 * 1024 * 1024 + 1
@@ -29,6 +29,12 @@ def sample(index: int, pids: tuple[int, ...] = ()) -> GpuSample:
     return GpuSample(
         index=index, time_s=0.0, energy_mj=None, power_mw=None, util_gpu_pct=None, memory_used_bytes=None, pids=pids
     )
+
+
+def mig_sample(index: int, instances: tuple[int, ...], pids: tuple[int, ...] = (),
+               pid_instances: tuple[int | None, ...] = ()) -> GpuSample:
+    layout = MigLayout(7, tuple(MigInstance(gi, 1) for gi in instances))
+    return GpuSample(index, 0.0, None, None, None, None, pids, pid_instances=pid_instances, mig=layout)
 
 
 def fake_proc(root: Path, pid: int, environ: dict[str, str] | None = None, cgroup: str | None = None) -> None:
@@ -47,15 +53,17 @@ def fake_proc(root: Path, pid: int, environ: dict[str, str] | None = None, cgrou
 def test_mapping_dir_reads_gpu_and_mig_files_and_skips_junk(tmp_path: Path) -> None:
     (tmp_path / "0").write_text("1001\n")
     (tmp_path / "1").write_text("2002\n3003\n")  # two jobs share GPU 1, in file order
-    (tmp_path / "2.1").write_text("4004\n")  # MIG instance 1 of GPU 2
+    (tmp_path / "2.1").write_text("4004\n")  # MIG instance 1 of GPU 2, which has no MIG: ignored
+    (tmp_path / "4.1").write_text("5005\n")  # MIG instance 1 of GPU 4, MIG-enabled
     (tmp_path / "README").write_text("9999\n")
     (tmp_path / "x3").write_text("8888\n")
     (tmp_path / "3").write_text("")  # the epilog emptied it: nobody
-    owners = JobMappingDir(tmp_path).owners([sample(i) for i in range(4)])
+    samples = [sample(i) for i in range(4)] + [mig_sample(4, (1, 2))]
+    owners = JobMappingDir(tmp_path).owners(samples)
     assert owners == {
         0: (JobRef("1001"),),
         1: (JobRef("2002"), JobRef("3003")),
-        2: (JobRef("4004"),),
+        4: (JobRef("5005", gpu_instance=1),),
     }
 
 
@@ -68,7 +76,9 @@ def test_mapping_dir_mig_instances_of_one_gpu_merge_without_duplicates(tmp_path:
     (tmp_path / "2.0").write_text("7\n")
     (tmp_path / "2.1").write_text("8\n7\n")
     (tmp_path / "5").write_text("9\n9\n")
-    assert JobMappingDir(tmp_path).owners([]) == {2: (JobRef("7"), JobRef("8")), 5: (JobRef("9"),)}
+    owners = JobMappingDir(tmp_path).owners([mig_sample(2, (0, 1))])
+    assert owners == {2: (JobRef("7", gpu_instance=0), JobRef("8", gpu_instance=1), JobRef("7", gpu_instance=1)),
+                      5: (JobRef("9"),)}
 
 
 def test_mapping_dir_missing_directory_gives_nothing(tmp_path: Path) -> None:

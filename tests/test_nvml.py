@@ -69,17 +69,17 @@ def test_temperature_and_clocks_reasons_absent_on_an_old_driver_are_not_errors(c
     assert source.errors == 0 and not caplog.records
 
 
-class FailingPowerNvml(FakeNvml):
-    def nvmlDeviceGetPowerUsage(self, handle: FakeDevice) -> int:  # noqa: N802
+class FailingUtilNvml(FakeNvml):
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeDevice) -> int:  # noqa: N802
         raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
 
 
 def test_failed_calls_are_counted_every_time_and_warned_once(caplog):
-    source = NvmlSource(FailingPowerNvml([FakeDevice(uuid="GPU-a")]))
+    source = NvmlSource(FailingUtilNvml([FakeDevice(uuid="GPU-a")]))
     source.open()
-    assert [s.power_mw for s in source.sample(1.0) + source.sample(2.0)] == [None, None]
+    assert [s.util_gpu_pct for s in source.sample(1.0) + source.sample(2.0)] == [None, None]
     assert source.errors == 2
-    assert [r.getMessage() for r in caplog.records] == ["GPU 0: reading power failed: Unknown Error"]
+    assert [r.getMessage() for r in caplog.records] == ["GPU 0: reading utilization failed: Unknown Error"]
 
 
 def test_calls_before_init_fail_like_real_nvml():

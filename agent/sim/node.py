@@ -7,6 +7,12 @@ seeded jitter (idle GPUs jitter near 0). The energy counter is the exact integra
 updated every 100 ms like the real one; power reads as the average of the last second.
 The same seed gives the same readings; the ground truth of any job is available.
 
+Several jobs may run on one GPU at once: on a MIG node each in its GPU instance, the GPU's
+utilisation then being the instances' utilisations weighted by their compute slices, and a
+job's true share the instance's slices; otherwise time-sliced, utilisations adding up (at most
+1), a job's true share its part of the sum, which the fake NVML reports per process
+(``nvmlDeviceGetProcessUtilization``) for jobs that list ``pids``.
+
 Given the node's job-mapping directory (``follow``), the simulated GPUs also run the jobs a
 real scheduler places on them: a GPU the mapping names runs at the node's
 ``mapped_utilization`` from the next whole second after the mapping is seen until the next
@@ -25,7 +31,7 @@ import pynvml
 from agent.attribution import JobRef, Owners, OwnerSource
 from agent.clock import Clock
 from agent.gpu import GpuSample
-from agent.sim.fakenvml import FakeDevice, FakeNvml
+from agent.sim.fakenvml import H200_CALL_COST_US, FakeDevice, FakeNvml
 from agent.sim.spec import ClusterSpec, JobSpec, NodeSpec
 
 _MASK = (1 << 64) - 1
@@ -63,21 +69,46 @@ class SimGpu:
         return any(start_s <= second < end_s for start_s, end_s in reversed(self.mapped))
 
     def job_at(self, offset_s: float) -> JobSpec | None:
-        for job in self.jobs:
-            if job.start_s <= offset_s < job.end_s:
-                return job
-        return None
+        jobs = self.jobs_at(offset_s)
+        return jobs[0] if jobs else None
+
+    def jobs_at(self, offset_s: float) -> list[JobSpec]:
+        return [job for job in self.jobs if job.start_s <= offset_s < job.end_s]
+
+    def job_utilization(self, job: JobSpec, second: int) -> float:
+        if len(self.jobs) == 1:
+            u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
+            return min(max(u, 0.0), 1.0)
+        # Jobs sharing a GPU jitter apart, in whole percent: what NVML's per-process samples can say.
+        u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second, _job_no(job)))
+        return round(min(max(u, 0.0), 1.0) * 100) / 100
 
     def utilization(self, second: int) -> float:
-        job = self.job_at(second)
-        if job is not None:
-            target = job.utilization
-        elif self.mapped and self.mapped_at(second):
-            target = self.node.mapped_utilization
-        else:
+        jobs = self.jobs_at(second)
+        if not jobs:
+            if self.mapped and self.mapped_at(second):  # a real scheduler's job, seen in the mapping
+                u = self.node.mapped_utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
+                return min(max(u, 0.0), 1.0)
             return 0.01 * (1 + jitter(self.seed, self.node_no, self.index, second))
-        u = target * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
-        return min(max(u, 0.0), 1.0)
+        if self.node.mig is not None:
+            return sum(self.job_utilization(j, second) * self.slices(j) / 7 for j in jobs)
+        return min(sum(self.job_utilization(j, second) for j in jobs), 1.0)
+
+    def slices(self, job: JobSpec) -> int:
+        assert self.node.mig is not None and job.gpu_instance is not None
+        return self.node.mig[job.gpu_instance - 1]
+
+    def share(self, job: JobSpec, second: int) -> float:
+        """The job's true share of this GPU in that second (0 when it does not run on it)."""
+        jobs = self.jobs_at(second)
+        if job not in jobs:
+            return 0.0
+        if self.node.mig is not None:
+            return self.slices(job) / 7
+        if len(jobs) == 1:
+            return 1.0
+        total = sum(self.job_utilization(j, second) for j in jobs)
+        return self.job_utilization(job, second) / total if total > 0 else 1 / len(jobs)
 
     def power_w(self, second: int) -> float:
         """Constant power over [epoch + second, epoch + second + 1)."""
@@ -92,6 +123,10 @@ class SimGpu:
             total += self.power_w(second) * overlap
             second += 1
         return total
+
+
+def _job_no(job: JobSpec) -> int:
+    return _mix(*job.id.encode())
 
 
 class _CumulativeEnergy:
@@ -148,6 +183,7 @@ class SimulatedNode:
                 enforced_limit_mw=int(node.tdp_w * 1000),
                 memory_total_bytes=node.memory_bytes,
                 energy_mj=0 if node.energy_counter else None,
+                mig=None if node.mig is None else [(gi + 1, n) for gi, n in enumerate(node.mig)],
             )
             for g in self.gpus
         ]
@@ -177,7 +213,12 @@ class SimulatedNode:
         else:
             device.power_mw = int(gpu.power_w(math.floor(offset_s)) * 1000)
         device.util_gpu_pct = round(gpu.utilization(math.floor(offset_s)) * 100)
-        device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if gpu.job_at(offset_s) else 0
+        jobs = gpu.jobs_at(offset_s)
+        device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if jobs else 0
+        device.pids = [pid for job in jobs for pid in job.pids]
+        device.pid_instances = {pid: job.gpu_instance for job in jobs for pid in job.pids if job.gpu_instance is not None}
+        second = math.floor(offset_s)
+        device.process_sm_util = {pid: round(gpu.job_utilization(job, second) * 100) for job in jobs for pid in job.pids}
         device.temperature_c = 30 + round(45 * device.power_mw / max(device.default_limit_mw or 1, 1))
         device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
@@ -197,9 +238,12 @@ class SimulatedNode:
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
         result: dict[int, Owners] = {}
         for sample in samples:
-            job = self.gpus[sample.index].job_at(sample.time_s - self.epoch_s)
-            if job is not None:
-                result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release),)
+            jobs = self.gpus[sample.index].jobs_at(sample.time_s - self.epoch_s)
+            if jobs:
+                result[sample.index] = tuple(
+                    JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release,
+                           gpu_instance=job.gpu_instance)
+                    for job in sorted(jobs, key=lambda j: j.id))
         return result
 
 
@@ -214,7 +258,13 @@ def _clocks_event_reasons(util_pct: int, power_mw: int | None, limit_mw: int | N
 
 class _SimNvml(FakeNvml):
     def __init__(self, node: SimulatedNode) -> None:
-        super().__init__(node.devices)
+        spec_node = node.gpus[0].node if node.gpus else None
+        super().__init__(
+            node.devices,
+            driver_version=spec_node.driver_version if spec_node else "580.95.05",
+            call_cost_us=H200_CALL_COST_US if spec_node is not None and spec_node.nvml_cost == "h200" else None,
+            clock_us=lambda: int(node.clock.now() * 1e6),
+        )
         self.node = node
         self._refreshed_in: dict[str, int] = {}
         self._followed_in: int | None = None
@@ -243,9 +293,25 @@ def ground_truth(spec: ClusterSpec, job_id: str, until_offset_s: float) -> tuple
                     lost = [e.at_s for e in spec.events if e.kind == "gpu_lost" and e.node == node.name and e.gpu == gpu.index]
                     end_s = min([job.end_s, until_offset_s, *lost])
                     if end_s > job.start_s:
-                        gpu_seconds += end_s - job.start_s
-                        energy_j += gpu.energy_j(job.start_s, end_s)
+                        seconds, joules = shared_truth(gpu, job, job.start_s, end_s)
+                        gpu_seconds += seconds
+                        energy_j += joules
     return gpu_seconds, energy_j
+
+
+def shared_truth(gpu: SimGpu, job: JobSpec, start_s: float, end_s: float) -> tuple[float, float]:
+    """(gpu_seconds, energy_j) of ``job``'s true share of ``gpu`` over [start_s, end_s]."""
+    if len(gpu.jobs) == 1 and gpu.node.mig is None:
+        return end_s - start_s, gpu.energy_j(start_s, end_s)
+    seconds = joules = 0.0
+    second = math.floor(start_s)
+    while second < end_s:
+        overlap = min(end_s, second + 1) - max(start_s, second)
+        share = gpu.share(job, second)
+        seconds += overlap * share
+        joules += gpu.power_w(second) * overlap * share
+        second += 1
+    return seconds, joules
 
 
 def announce(stream=sys.stderr) -> None:

@@ -14,6 +14,10 @@ busy_w = 650.0
 tdp_w = 700.0
 memory_gib = 80
 energy_counter = true        # false: a GPU without NVML's energy counter
+driver_version = "580.95.05" # NVML quirks follow it: < 510 has no _v3 process list,
+                             # 535.43-535.86 returns garbage PIDs from _v3
+nvml_cost = "h200"           # each NVML call costs the CPU time measured on an H200 (default: none)
+mig = [3, 2, 2]              # MIG on, GPU instances 1, 2, 3 with these compute slices (of 7)
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
 mapped_utilization = 0.9     # with --job-mapping-dir: a GPU the scheduler's mapping names runs at this
@@ -32,6 +36,8 @@ network_gbps = 120.0              # per node and direction, spread over the node
 cnp_per_s = 40.0                  # congestion notifications per node and second
 retrans_per_gb = 0.2              # RoCE retransmissions per GB sent
 budget_usd = 500.0                # as GPULEDGER_BUDGET_USD in the job's environment
+gpu_instance = 1                  # on a MIG node: the GPU instance the job runs in
+pids = [41001]                    # host PIDs NVML lists for the job on each of its GPUs
 
 [[events]]                        # quirks of real hardware, on a schedule
 kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
@@ -68,6 +74,9 @@ class NodeSpec:
     nics: int = 0
     nic_rate_gbps: float = 400.0
     mapped_utilization: float = 0.9
+    driver_version: str = "580.95.05"
+    nvml_cost: str | None = None
+    mig: tuple[int, ...] | None = None  # compute slices of GPU instances 1, 2, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,8 @@ class JobSpec:
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
     release: str | None = None  # as GPULEDGER_RELEASE in the job's environment
+    gpu_instance: int | None = None
+    pids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +168,26 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
         mapped_utilization=_fraction(table, where, "mapped_utilization", 0.9),
+        driver_version=_get(table, where, "driver_version", str, "580.95.05"),
+        nvml_cost=_nvml_cost(table, where),
+        mig=_mig(table, where),
     )
+
+
+def _nvml_cost(table: dict[str, Any], where: str) -> str | None:
+    cost = _get(table, where, "nvml_cost", str, None)
+    if cost not in (None, "h200"):
+        raise SpecError(f"{where}.nvml_cost = {cost!r}: expected 'h200'")
+    return cost
+
+
+def _mig(table: dict[str, Any], where: str) -> tuple[int, ...] | None:
+    mig = _get(table, where, "mig", list, None)
+    if mig is None:
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in mig) or sum(mig) > 7:
+        raise SpecError(f"{where}.mig = {mig!r}: expected compute slices per GPU instance, at most 7 in all")
+    return tuple(mig)
 
 
 def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSpec:
@@ -189,7 +219,26 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
         release=_get(table, where, "release", str, None),
+        gpu_instance=_gpu_instance(table, where, [nodes[n] for n in job_nodes]),
+        pids=_pids(table, where),
     )
+
+
+def _gpu_instance(table: dict[str, Any], where: str, nodes: list[NodeSpec]) -> int | None:
+    gpu_instance = _get(table, where, "gpu_instance", int, None)
+    if gpu_instance is None:
+        return None
+    for node in nodes:
+        if node.mig is None or not 1 <= gpu_instance <= len(node.mig):
+            raise SpecError(f"{where}.gpu_instance = {gpu_instance}: not a MIG GPU instance of node {node.name!r}")
+    return gpu_instance
+
+
+def _pids(table: dict[str, Any], where: str) -> tuple[int, ...]:
+    pids = _get(table, where, "pids", list, [])
+    if not all(isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 4194304 for pid in pids):
+        raise SpecError(f"{where}.pids = {pids!r}: expected process ids from 1 to 4194303")
+    return tuple(pids)
 
 
 def _event(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> EventSpec:

@@ -52,7 +52,7 @@ RECORDED_REAL_NVML_8GPU_CPU_S_PER_H = 110.35  # the H200 figure above, scaled to
 TARGET_CPU_S_PER_H = 18.0  # 0.5 % of one core
 TARGET_RSS_MB = 60.0
 WARMUP_S = 10.0
-NODE_GPUS_ONLY, NODE_ROCE = "node-gpu", "node-roce"
+NODE_GPUS_ONLY, NODE_ROCE, NODE_H200 = "node-gpu", "node-roce", "node-h200"
 
 
 def roce_in_agent() -> bool:
@@ -79,6 +79,11 @@ def spec_toml() -> str:
     if ROCE_IN_AGENT:
         text += f'\n[[nodes]]\nname = "{NODE_ROCE}"\n{node}nics = 8\nnic_rate_gbps = 400.0\n'
         nodes.append(NODE_ROCE)
+        # A node whose fake NVML charges each call the CPU time measured on an H200
+        # (agent.sim.fakenvml.H200_CALL_COST_US: ~3.8 ms per energy-counter read), and whose 8 ports
+        # are not simulated but read from bench_roce's ConnectX-7 tree (--sysfs-root): what a real node pays.
+        text += f'\n[[nodes]]\nname = "{NODE_H200}"\n{node}nvml_cost = "h200"\n'
+        nodes.append(NODE_H200)
     network = 'network_gbps = 800.0\ncnp_per_s = 2000.0\nretrans_per_gb = 0.5\n' if ROCE_IN_AGENT else ""
     for n, name in enumerate(nodes):  # per node: GPUs 0-5 one job, GPU 6 another, GPU 7 idle
         text += (f'\n[[jobs]]\nid = "{5000 + 2 * n}"\nname = "train"\nuser = "alice"\naccount = "nlp"\n'
@@ -86,6 +91,15 @@ def spec_toml() -> str:
         text += (f'\n[[jobs]]\nid = "{5001 + 2 * n}"\nname = "eval"\nuser = "bob"\naccount = "vision"\n'
                  f'nodes = ["{name}"]\ngpus = [6]\nstart_s = 0\nutilization = 0.6\n')
     return text
+
+
+def cx7_tree(root: Path) -> Path:
+    """bench_roce's sysfs tree of 8 ConnectX-7 ports (static counters, real file layout)."""
+    import bench_roce
+
+    for index in range(bench_roce.DEVICES):
+        bench_roce.build_port(root, index)
+    return root
 
 
 def bare_costs(cycles: int) -> dict[str, float]:
@@ -160,11 +174,13 @@ def run(quick: bool = False) -> Section:
         spec = Path(tmp) / "node.toml"
         spec.write_text(spec_toml())
         with Server(url, Path(tmp) / "server.log") as server:
-            nodes = [NODE_GPUS_ONLY] + ([NODE_ROCE] if ROCE_IN_AGENT else [])
+            nodes = [NODE_GPUS_ONLY] + ([NODE_ROCE, NODE_H200] if ROCE_IN_AGENT else [])
             agents = {}
             for node in nodes:
                 cmd = [PYTHON, "-m", "api.cli.main", "agent", "--simulate", str(spec), "--node", node,
                        "--collector", server.url, "--interval", "1", "--push-interval", "10", "--log-level", "warning", "--metrics-port", "0"]
+                if node == NODE_H200:
+                    cmd += ["--sysfs-root", str(cx7_tree(Path(tmp) / "cx7"))]
                 agents[node] = subprocess.Popen(cmd, cwd=REPO, stdout=(Path(tmp) / f"{node}.log").open("w"),
                                                 stderr=subprocess.STDOUT)
             started = time.monotonic()
@@ -199,8 +215,9 @@ def run(quick: bool = False) -> Section:
     else:
         section.note(f"WARNING GET /v1/jobs answered {response.status_code}: {response.text[:200]!r}; "
                      f"server log tail: {server_log[-600:]!r}")
+    labels = {NODE_GPUS_ONLY: "GPUs only", NODE_ROCE: "GPUs + 8 RoCE", NODE_H200: "real-GPU cost, 8 GPUs + 8 CX-7 ports"}
     for node, r in results.items():
-        label = "GPUs only" if node == NODE_GPUS_ONLY else "GPUs + 8 RoCE"
+        label = labels[node]
         section.add(f"agent CPU, {label}, after start-up", f"{r['steady']:.1f} CPU-s/h = {r['steady'] / 36:.2f} % of a core",
                     f"<= {TARGET_CPU_S_PER_H:g} CPU-s/h", verdict_max(r["steady"], TARGET_CPU_S_PER_H))
         section.add(f"agent peak RSS, {label}", f"{r['hwm_mb']:.1f} MB (VmHWM; {r['hwm_mb'] / 1.048576:.1f} MiB)",
@@ -240,6 +257,17 @@ def run(quick: bool = False) -> Section:
                  "driver's ioctl; on real GPUs each of the 5 getters per GPU is a driver call instead")
     section.note("bench_roce's sysfs files sit in the page cache / tmpfs: on real mlx5 every counters/ read is a "
                  "firmware MAD query, so a real node's port reads cost more than this")
+    if NODE_H200 in results:
+        real = results[NODE_H200]["steady"]
+        section.add("agent CPU, real-GPU cost: 8 GPUs (H200 per-call costs) + 8 CX-7 ports, 1 Hz",
+                    f"{real:.1f} CPU-s/h = {real / 36:.2f} % of a core", f"<= {TARGET_CPU_S_PER_H:g} CPU-s/h",
+                    verdict_max(real, TARGET_CPU_S_PER_H))
+        section.note("real-GPU cost row = the whole agent, measured, on a node whose fake NVML burns the H200's measured "
+                     "CPU time per call (~3.8 ms per energy read) and whose 8 ports are bench_roce's ConnectX-7 sysfs "
+                     "tree read by the production reader (no simulator writing ports); it still pays the simulator's GPU "
+                     "physics (see 'GPUs only'). The agent reads the energy counter at push boundaries (every 10 s) and "
+                     "owner changes only (8 GPUs: 0.8 reads/s, ~11 CPU-s/h), power by one nvmlDeviceGetFieldValues call "
+                     "per GPU")
     if ROCE_IN_AGENT and NODE_ROCE in results:
         extra = results[NODE_ROCE]["steady"] - results[NODE_GPUS_ONLY]["steady"]
         sim_writes = (bare["roce_sim"] - bare["roce_sysfs"]) * 3600 / 1e6
@@ -248,9 +276,11 @@ def run(quick: bool = False) -> Section:
                      "the simulator writing its sysfs tree (absent on a real node)")
         section.add("agent CPU projected, real 8 GPU + 8 CX-7 ports", f"{projected:.1f} CPU-s/h = {projected / 36:.2f} % "
                     "of a core", f"<= {TARGET_CPU_S_PER_H:g} CPU-s/h", verdict_max(projected, TARGET_CPU_S_PER_H))
-        with_nvml = projected - bare["nvml_sim"] * 3600 / 1e6 + real_8gpu
+        # The energy counter (nearly all of the real per-GPU cost) is read once per push (10 s), not per sample.
+        with_nvml = projected - bare["nvml_sim"] * 3600 / 1e6 + real_8gpu / 10
         section.add("agent CPU projected, + real NVML reads", f"{with_nvml:.1f} CPU-s/h = {with_nvml / 36:.2f} % of a core "
-                    f"(NVML {real_src})", f"<= {TARGET_CPU_S_PER_H:g} CPU-s/h", verdict_max(with_nvml, TARGET_CPU_S_PER_H))
+                    f"(NVML {real_src}, energy read every 10 s)", f"<= {TARGET_CPU_S_PER_H:g} CPU-s/h",
+                    verdict_max(with_nvml, TARGET_CPU_S_PER_H))
         section.note("projection = measured 'GPUs + 8 RoCE' agent - simulated ports (write + read) + bare sysfs reads "
                      "of a full ConnectX-7 tree (bench_roce); firmware MAD reads not included; '+ real NVML' also swaps the "
                      "simulator's NVML for the real per-GPU read cost x 8")

@@ -39,6 +39,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def power_fields(handle) -> str:  # noqa: ANN001
+    """NVML_FI_DEV_POWER_AVERAGE and _INSTANT as the agent reads them (mW), to compare with the getter."""
+    values = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.NVML_FI_DEV_POWER_INSTANT])
+    return ", ".join(f"{name} {v.value.uiVal if v.nvmlReturn == 0 else 'error ' + str(v.nvmlReturn)}"
+                     for name, v in zip(("average", "instant"), values, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -95,6 +102,8 @@ def main() -> None:
     job_j = report["energy_kwh"] * 3.6e6
     busy_s = job["end_s"] - job["start_s"]
     print(f"GPU 0: {pynvml.nvmlDeviceGetName(handle)} {gpu_uuid}, driver {pynvml.nvmlSystemGetDriverVersion()}")
+    print(f"  power: nvmlDeviceGetPowerUsage {pynvml.nvmlDeviceGetPowerUsage(handle)} mW; field values (the agent's "
+          f"read) {power_fields(handle)}")
     print(f"job matmul-1: {job['matmuls']} bf16 matmuls in {busy_s:.1f} s ({job['tflops']:.0f} TFLOP/s), pid {job['pid']}")
     print(f"  agent-attributed energy  {job_j:12.1f} J   {report['gpu_hours'] * 3600:8.1f} GPU-s   "
           f"method counter fraction {report['energy_measured_fraction']}")
