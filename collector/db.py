@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DB_URL = "sqlite:///gpuledger.db"
@@ -58,8 +58,9 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     raise DatabaseUrlError(f"--db {url!r}: expected a sqlite:///FILE or postgresql+psycopg://USER@HOST/DB URL")
 
 
-def insert_for(conn: Connection, table: Table) -> Any:
+def insert_for(conn: Connection | Dialect, table: Table) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_nothing/_update`` on both backends."""
-    if conn.dialect.name == "postgresql":
+    dialect = conn.dialect if isinstance(conn, Connection) else conn
+    if dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)

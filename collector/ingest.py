@@ -1,14 +1,18 @@
 """Apply one batch, exactly once, in one transaction: batch identity, raw intervals (with
-dimension keys), minute and hourly rollups, jobs and their GPUs. SQLAlchemy Core bulk statements throughout."""
+dimension keys), minute and hourly rollups, jobs and their GPUs. The statements are SQLAlchemy
+Core; the claim, the hourly rollups, the jobs and their GPUs are compiled once per dialect
+(``collector.prepared``) and run through the driver's ``executemany`` (pipelined on PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Engine, case, func
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import OperationalError
 
 from agent.energy import MEASURED
@@ -17,6 +21,7 @@ from collector.db import insert_for
 from collector.models import MINUTE_S, RUNNING, IngestedBatch, Job, JobGpu, JobHour, JobMinute, JobPod, RawInterval
 from collector.network import write_network
 from collector.pieces import UNALLOCATED, job_key, split_by_hour, split_by_step
+from collector.prepared import Prepared, StatementCache, driver_errors
 from collector.schemas import BatchIn, IntervalIn
 
 FUTURE_TOLERANCE_S = 900.0  # agents' clocks may be off by minutes; not by a quarter of an hour
@@ -31,6 +36,7 @@ jobs_t = Job.__table__
 hours_t = JobHour.__table__
 job_gpus_t = JobGpu.__table__
 job_pods_t = JobPod.__table__
+STATEMENTS = StatementCache()  # compiled SQL per dialect: derived from the table definitions, never from data
 
 
 class BatchRejected(ValueError):
@@ -80,37 +86,106 @@ def apply_batch(engine: Engine, batch: BatchIn, now_s: float) -> IngestResult:
     return apply_batches(engine, [batch], now_s)[0]
 
 
-def apply_batches(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestResult]:
-    """Apply checked batches in one transaction (group commit), each exactly once."""
+class SeenGpus:
+    """The (job, node, GPU) rows of ``job_gpus`` this process has committed: a batch whose GPUs
+    are all known skips that insert (it would change nothing). Bounded; cleared when full."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        self._known: set[tuple[str, str, str]] = set()
+
+    def unseen(self, gpus: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        return {gpu for gpu in gpus if gpu not in self._known}
+
+    def add(self, gpus: Iterable[tuple[str, str, str]]) -> None:
+        if len(self._known) > self.max_entries:
+            self._known.clear()
+        self._known.update(gpus)
+
+
+def apply_batches(engine: Engine | Connection, batches: list[BatchIn], now_s: float,
+                  seen: SeenGpus | None = None) -> list[IngestResult]:
+    """Apply checked batches in one transaction (group commit), each exactly once. ``engine``
+    may be a connection the caller keeps open (the group writer's)."""
     for attempt in range(RETRIES):
         try:
-            return _apply(engine, batches, now_s)
+            return _apply(engine, batches, now_s, seen)
         except OperationalError as exc:  # another collector's transaction won a lock race
             if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _apply(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestResult]:
+def _apply(engine: Engine | Connection, batches: list[BatchIn], now_s: float, seen: SeenGpus | None) -> list[IngestResult]:
     unique = list({identity(b): b for b in reversed(batches)}.values())[::-1]  # first of each identity
-    with engine.begin() as conn:
-        claimed = {
-            (node, boot_id, seq) for node, boot_id, seq in conn.execute(
-                insert_for(conn, batches_t).on_conflict_do_nothing().returning(
-                    batches_t.c.node, batches_t.c.boot_id, batches_t.c.seq, sort_by_parameter_order=True),
-                [{"node": b.node, "boot_id": b.boot_id, "seq": b.seq, "received_at_s": now_s,
-                  "interval_count": len(b.intervals)} for b in unique],
-            )
-        }
+    with _transaction(engine) as conn:
+        claimed = _claim(conn, unique, now_s)
         fresh = [b for b in unique if identity(b) in claimed]
         if any(b.intervals for b in fresh):
             _write_intervals(conn, fresh)
             _write_rollups(conn, fresh)
-            _write_jobs(conn, fresh)
+            gpus = _write_jobs(conn, fresh, seen)
         if any(b.network for b in fresh):
             write_network(conn, fresh)
+    if seen is not None and any(b.intervals for b in fresh):
+        seen.add(gpus)  # only once committed: a rolled-back row must be written again
     applied = {id(b) for b in fresh}
     return [IngestResult(applied=id(b) in applied, intervals=len(b.intervals)) for b in batches]
+
+
+@contextmanager
+def _transaction(target: Engine | Connection) -> Iterator[Connection]:
+    """A transaction on an engine's pooled connection, or on a connection the caller keeps open
+    (the group writer's: no pool checkout, no ping, per transaction)."""
+    if isinstance(target, Connection):
+        with target.begin():
+            yield target
+    else:
+        with target.begin() as conn:
+            yield conn
+
+
+BATCH_KEYS = ("node", "boot_id", "seq", "received_at_s", "interval_count")
+ROLLUP_SUMS = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
+ROLLUP_KEYS = ("job_id", "hour_s", "datacenter", "gpu_model", *ROLLUP_SUMS)
+JOB_KEYS = ("job_id", "cluster", "local_id", "name", "user", "account", "budget_usd", "budget_co2e_kg", "release",
+            "namespace", "state", "first_seen_s", "last_seen_s", "ended_s")
+JOB_GPU_KEYS = ("job_id", "node", "gpu_uuid")
+
+
+def _claim_statement(dialect: Dialect) -> Prepared:
+    stmt = insert_for(dialect, batches_t).on_conflict_do_nothing()
+    if dialect.name == "postgresql":
+        stmt = stmt.returning(batches_t.c.node, batches_t.c.boot_id, batches_t.c.seq)
+    return Prepared.compile(stmt, dialect, BATCH_KEYS)
+
+
+def _claim(conn: Connection, batches: list[BatchIn], now_s: float) -> set[Identity]:
+    """Insert each batch's identity; the ones inserted now (not before) are this transaction's to apply."""
+    prepared = STATEMENTS.get(conn.dialect, "claim", _claim_statement)
+    rows = [prepared.params({"node": b.node, "boot_id": b.boot_id, "seq": b.seq, "received_at_s": now_s,
+                             "interval_count": len(b.intervals)}) for b in batches]
+    cursor = conn.connection.cursor()
+    try:
+        with driver_errors(conn, prepared.sql):
+            return _claimed_rows(conn.dialect, cursor, prepared.sql, batches, rows)
+    finally:
+        cursor.close()
+
+
+def _claimed_rows(dialect: Dialect, cursor: Any, sql: str, batches: list[BatchIn], rows: list[Any]) -> set[Identity]:
+    claimed: set[Identity] = set()
+    if dialect.name == "postgresql":  # pipelined, one round trip; RETURNING names the new ones
+        cursor.executemany(sql, rows, returning=True)
+        while True:
+            claimed.update((node, boot_id, seq) for node, boot_id, seq in cursor.fetchall())
+            if not cursor.nextset():
+                return claimed
+    for batch, row in zip(batches, rows, strict=True):  # SQLite, in-process: a row count per insert is cheap
+        cursor.execute(sql, row)
+        if cursor.rowcount == 1:
+            claimed.add(identity(batch))
+    return claimed
 
 
 def _write_intervals(conn: Connection, batches: list[BatchIn]) -> None:
@@ -156,18 +231,21 @@ def minute_rollup(
     return sums
 
 
-def _write_rollups(conn: Connection, batches: list[BatchIn]) -> None:
-    stmt = insert_for(conn, hours_t)
-    added = ADDED
+def _rollup_statement(dialect: Dialect) -> Prepared:
+    stmt = insert_for(dialect, hours_t)
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "hour_s", "datacenter", "gpu_model"],
-        set_={name: hours_t.c[name] + stmt.excluded[name] for name in added},
+        set_={name: hours_t.c[name] + stmt.excluded[name] for name in ROLLUP_SUMS},
     )
+    return Prepared.compile(stmt, dialect, ROLLUP_KEYS)
+
+
+def _write_rollups(conn: Connection, batches: list[BatchIn]) -> None:
     rows = [
-        {"job_id": job, "hour_s": hour, "datacenter": dc, "gpu_model": model, **dict(zip(added, values, strict=True))}
+        {"job_id": job, "hour_s": hour, "datacenter": dc, "gpu_model": model, **dict(zip(ROLLUP_SUMS, values, strict=True))}
         for (job, hour, dc, model), values in sorted(rollup(batches).items())
     ]
-    conn.execute(stmt, rows)
+    STATEMENTS.get(conn.dialect, "rollups", _rollup_statement).run_many(conn, rows)
 
 
 def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
@@ -195,8 +273,8 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
     return [rows[key] for key in sorted(rows)]
 
 
-def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
-    stmt = insert_for(conn, jobs_t)
+def _job_statement(dialect: Dialect) -> Prepared:
+    stmt = insert_for(dialect, jobs_t)
     new = stmt.excluded
     # Metadata a scheduler reported (collector.scheduler) is never changed by an agent; a job
     # the scheduler ended stays ended, whatever data arrives after (the last pushes lag).
@@ -219,13 +297,22 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
             "ended_s": case((ended_by_scheduler, jobs_t.c.ended_s), (revived, None), else_=jobs_t.c.ended_s),
         },
     )
-    conn.execute(stmt, _job_rows(batches))
+    return Prepared.compile(stmt, dialect, JOB_KEYS)
+
+
+def _job_gpu_statement(dialect: Dialect) -> Prepared:
+    return Prepared.compile(insert_for(dialect, job_gpus_t).on_conflict_do_nothing(), dialect, JOB_GPU_KEYS)
+
+
+def _write_jobs(conn: Connection, batches: list[BatchIn], seen: SeenGpus | None) -> set[tuple[str, str, str]]:
+    """Jobs and the GPUs they ran on; returns the (job, node, GPU) triples, for ``seen`` after commit."""
+    STATEMENTS.get(conn.dialect, "jobs", _job_statement).run_many(conn, _job_rows(batches))
     gpus = {(job_key(b.cluster, i.job), b.node, i.gpu_uuid) for b in batches for i in b.intervals}
-    conn.execute(
-        insert_for(conn, job_gpus_t).on_conflict_do_nothing(),
-        [{"job_id": job, "node": node, "gpu_uuid": uuid} for job, node, uuid in sorted(gpus)],
-    )
+    new = sorted(gpus if seen is None else seen.unseen(gpus))
+    STATEMENTS.get(conn.dialect, "job_gpus", _job_gpu_statement).run_many(
+        conn, ({"job_id": job, "node": node, "gpu_uuid": uuid} for job, node, uuid in new))
     pods = {(job_key(b.cluster, j.id), pod) for b in batches for j in b.jobs for pod in j.pods}
     if pods:
         conn.execute(insert_for(conn, job_pods_t).on_conflict_do_nothing(),
                      [{"job_id": job, "pod": pod} for job, pod in sorted(pods)])
+    return gpus

@@ -13,15 +13,16 @@ class IngestStats:
                                ["outcome"], registry=registry)
         self.intervals = Counter("gpuledger_collector_intervals", "GPU intervals applied", registry=registry)
         self.seconds = Histogram("gpuledger_collector_ingest_seconds", "Time to apply one batch, from request to commit",
-                                 registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        for outcome in OUTCOMES:
-            self.batches.labels(outcome)  # present from the start, at 0
+                                 registry=registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # present from the start, at 0; the children kept, so a request does not look its label up
+        self._outcomes = {outcome: self.batches.labels(outcome) for outcome in OUTCOMES}
 
     def applied(self, applied: bool, intervals: int, seconds: float) -> None:
-        self.batches.labels("applied" if applied else "duplicate").inc()
+        self._outcomes["applied" if applied else "duplicate"].inc()
         if applied:
             self.intervals.inc(intervals)
         self.seconds.observe(seconds)
 
     def rejected(self) -> None:
-        self.batches.labels("rejected").inc()
+        self._outcomes["rejected"].inc()

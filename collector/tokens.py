@@ -201,6 +201,13 @@ def create_token(engine: Engine, kind: str, node: str | None = None, account: st
     raise AssertionError("unreachable")
 
 
+def cached(engine: Engine, token: str) -> tuple[bool, TokenInfo | None]:
+    """``verify`` from this process's cache alone, without the database: ``(hit, info)``."""
+    if parse(token) is None:
+        return True, None
+    return cache.get(_cache_key(engine, token))
+
+
 def verify(engine: Engine, token: str) -> TokenInfo | None:
     """The token's identity if it is well-formed, known, unrevoked and its secret matches."""
     parsed = parse(token)

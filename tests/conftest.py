@@ -81,14 +81,21 @@ class Server:
         self.url, self.process = url, process
 
 
+# GPULEDGER_TEST_WORKERS=2 runs every test server on PostgreSQL as `gpuledger server --workers 2`
+# (the exactly-once and fault tests then prove the multi-process server too).
+TEST_WORKERS = os.environ.get("GPULEDGER_TEST_WORKERS", "1")
+
+
 def start_server(db_url: str, config: Path | None, log: Path, port: int | None = None, *extra: str) -> Server:
     port = port or free_port()
     cmd = [sys.executable, "-m", "api.cli.main", "server", "--db", db_url, "--port", str(port), "--log-level", "warning", *extra]
+    if TEST_WORKERS != "1" and db_url.startswith("postgresql") and "--workers" not in extra:
+        cmd += ["--workers", TEST_WORKERS]
     if config is not None:
         cmd += ["--config", str(config)]
     process = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + (30 if "--workers" not in cmd else 120)  # workers start one by one
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
@@ -106,7 +113,7 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
     srv = start_server(db_url, None, tmp_path / "server.log")
     yield srv
     srv.process.terminate()
-    srv.process.wait(timeout=15)
+    srv.process.wait(timeout=15 if TEST_WORKERS == "1" else 60)  # workers stop one by one
 
 
 class CollectingPusher(Pusher):

@@ -19,7 +19,7 @@ from agent.clock import WallClock
 from agent.sim.node import SimulatedNode
 from agent.sim.spec import parse_spec
 from collector.db import make_engine
-from collector.models import GpuInterval
+from collector.models import GpuKey, JobKey, Place, RawInterval
 from tests.conftest import BACKENDS
 from tests.kubelet_standin import PodListServer, PodResourcesServer, pytorchjob_pod
 
@@ -77,9 +77,11 @@ def gpu_seconds(db_url: str) -> dict[tuple[str, str, str | None], tuple[float, f
     engine = make_engine(db_url)
     result: dict = {}
     with engine.connect() as conn:
-        for node, uuid, job, start_s, end_s, seconds in conn.execute(select(
-                GpuInterval.node, GpuInterval.gpu_uuid, GpuInterval.job_id, GpuInterval.start_s, GpuInterval.end_s,
-                GpuInterval.gpu_seconds)):
+        raw, gpus, places, jobs = RawInterval, GpuKey.__table__, Place.__table__, JobKey.__table__
+        query = (select(places.c.node, gpus.c.gpu_uuid, jobs.c.job_id, raw.c.start_s, raw.c.end_s, raw.c.gpu_seconds)
+                 .select_from(raw.join(gpus, gpus.c.id == raw.c.gpu_key).join(places, places.c.id == gpus.c.place_id)
+                              .join(jobs, jobs.c.id == raw.c.job_key)))
+        for node, uuid, job, start_s, end_s, seconds in conn.execute(query):
             total, first, last = result.get((node, uuid, job), (0.0, float("inf"), 0.0))
             result[(node, uuid, job)] = (total + seconds, min(first, start_s), max(last, end_s))
     engine.dispose()

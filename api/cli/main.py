@@ -50,18 +50,25 @@ def server(
     require_auth: Annotated[bool, typer.Option(
         envvar="GPULEDGER_REQUIRE_AUTH",
         help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
+    workers: Annotated[int, typer.Option(
+        envvar="GPULEDGER_WORKERS",
+        help="Server processes on the port (PostgreSQL only; see deploy/README.md).")] = 1,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
 
     from api.accounting.rates import ConfigError, load_config
     from api.cli.database import open_db
+    from api.cli.serve import WorkersError, check_workers, run_workers
     from api.http.app import create_app
     from api.http.auth import AuthSettings
 
     try:
         ledger_config = load_config(config)
+        check_workers(workers, db)  # before the database is touched
         engine = open_db(db)
+    except WorkersError as exc:
+        raise fail("server", str(exc)) from None
     except ConfigError as exc:
         raise fail("server", f"{exc}; fix the file and start again") from None
     except CliError as exc:
@@ -76,6 +83,10 @@ def server(
         raise typer.Exit(2)
     tls: dict[str, Any] = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
+    if workers > 1:
+        engine.dispose()
+        run_workers(workers, db, config, auth, {"host": host, "port": port, "log_level": log_level, **tls})
+        return
     app_ = create_app(engine, ledger_config, auth=auth)
     uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -11,6 +11,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, text
 
 from agent import __version__
@@ -25,6 +26,7 @@ from api.http.web.routes import install as install_web
 from api.intensity.feeds import refresh
 from api.reports.budgets import BudgetCollector
 from api.reports.jobmetrics import JobCollector
+from collector.lease import SchedulerLease
 from collector.lifecycle import end_silent_jobs
 from collector.partitions import ensure_partitions
 from collector.retention import maintain
@@ -32,7 +34,16 @@ from collector.stats import IngestStats
 from collector.writer import GroupWriter
 
 
-def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, auth: AuthSettings | None = None) -> FastAPI:
+def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, auth: AuthSettings | None = None,
+               multiprocess_dir: str | None = None) -> FastAPI:
+    """The server. ``multiprocess_dir``: several processes serve this app (``--workers``); their
+    ingest counters live in that folder (prometheus_client's multiprocess mode) and /metrics
+    sums them; the periodic jobs run in whichever process holds the scheduler lease."""
+    lease = SchedulerLease(engine)
+
+    def once(job: Callable[..., object], *args: object) -> Callable[[], object]:
+        return lambda: None if not lease.held() else job(*args)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.writer.start()
@@ -40,21 +51,22 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
         if scheduler:
             ensure_partitions(engine, time.time(), config.retention.partitions_ahead_days)  # before the first batch
             sched.add_job(
-                lambda: end_silent_jobs(engine, time.time(), config.jobs.silence_s),
+                once(lambda: end_silent_jobs(engine, time.time(), config.jobs.silence_s)),
                 "interval", seconds=config.jobs.sweep_interval_s, id="end_silent_jobs",
             )
             sched.add_job(
-                lambda: maintain(engine, time.time(), config.retention.raw_days, config.retention.minute_days,
-                                 config.retention.partitions_ahead_days),
+                once(lambda: maintain(engine, time.time(), config.retention.raw_days, config.retention.minute_days,
+                                      config.retention.partitions_ahead_days)),
                 "interval", seconds=config.retention.prune_interval_s, id="storage_tiers",
             )
             for n, provider in enumerate(config.intensity_providers):
-                sched.add_job(refresh, "interval", args=(engine, provider), seconds=provider.interval_s,
+                sched.add_job(once(refresh, engine, provider), "interval", seconds=provider.interval_s,
                               id=f"intensity_{n}_{provider.kind}", next_run_time=datetime.now(UTC))
             sched.start()
         yield
         if sched.running:
             sched.shutdown(wait=False)
+        lease.release()
         app.state.writer.close()
 
     app = FastAPI(title="gpuledger", version=__version__, lifespan=lifespan,
@@ -75,6 +87,9 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     install_web(app)  # the web page at /, its files under /static
     registry = CollectorRegistry(auto_describe=False)
     app.state.ingest_stats = IngestStats(registry)
+    if multiprocess_dir is not None:  # expose every process's counters, summed, instead of this one's
+        registry = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(registry, path=multiprocess_dir)
     registry.register(BudgetCollector(engine, config))
     job_metrics = JobCollector(engine, config)  # writes its own exposition: see api.reports.jobmetrics
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, exists, select
 
@@ -99,19 +100,40 @@ def get_principal(
     if not settings.required or request.url.path in settings.open_paths:
         principal = ANONYMOUS
     else:
-        if token is None:
-            sent = request.headers.get("authorization")
-            detail = ("Authorization header: expected `Bearer <token>`" if sent else
-                      "missing bearer token: send `Authorization: Bearer glt_…` (create one with `gpuledger token create`)")
-            raise _unauthorized(detail)
-        info = tokens.verify(engine, token)
-        if info is None:
-            parsed = tokens.parse(token)
-            which = f"token {parsed[0]}" if parsed else "the bearer token (not of the form glt_<id>_<secret>)"
-            raise _unauthorized(f"{which} is unknown, revoked or wrong", error="invalid_token")
-        principal = Principal(kind=info.kind, token_id=info.token_id, node=info.node, account=info.account)
+        principal = _token_principal(request, token, tokens.verify(engine, token) if token else None)
     request.state.principal = principal
     return principal
+
+
+async def ingest_principal(request: Request) -> Principal:
+    """``require_node`` for the ingest route, on the event loop: the token cache answers nearly
+    every request; a miss (a token's first request, then once a minute) goes to the threadpool."""
+    settings = get_auth_settings(request)
+    if not settings.required or request.url.path in settings.open_paths:
+        principal = ANONYMOUS
+    else:
+        token, engine = bearer_token(request), request.app.state.engine
+        info = None
+        if token is not None:
+            hit, info = tokens.cached(engine, token)
+            if not hit:
+                info = await run_in_threadpool(tokens.verify, engine, token)
+        principal = _token_principal(request, token, info)
+    request.state.principal = principal
+    return require_node(principal)
+
+
+def _token_principal(request: Request, token: str | None, info: tokens.TokenInfo | None) -> Principal:
+    if token is None:
+        sent = request.headers.get("authorization")
+        detail = ("Authorization header: expected `Bearer <token>`" if sent else
+                  "missing bearer token: send `Authorization: Bearer glt_…` (create one with `gpuledger token create`)")
+        raise _unauthorized(detail)
+    if info is None:
+        parsed = tokens.parse(token)
+        which = f"token {parsed[0]}" if parsed else "the bearer token (not of the form glt_<id>_<secret>)"
+        raise _unauthorized(f"{which} is unknown, revoked or wrong", error="invalid_token")
+    return Principal(kind=info.kind, token_id=info.token_id, node=info.node, account=info.account)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

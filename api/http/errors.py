@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,8 @@ def describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             value = f"<{type(value).__name__}>"
         elif isinstance(value, (bytes, bytearray)):
             value = f"<{len(value)} bytes that are not a JSON document>"
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)  # NaN and infinities have no JSON form
         elif value is not None and not isinstance(value, (str, int, float, bool)):
             value = str(value)
         message = error["msg"].removeprefix("Value error, ")

@@ -75,18 +75,45 @@ def time_apply(engine, batches, budget_s: float) -> tuple[int, int, float]:  # n
 
 
 def time_raw(engine, chunks: list[list[dict]]) -> tuple[int, float]:  # noqa: ANN001
-    """Core bulk insert of each chunk in its own transaction: (rows, s)."""
+    """The database's own bulk load of each chunk, in its own transaction, on the raw driver:
+    COPY on PostgreSQL, executemany on SQLite: (rows, s)."""
     table = _raw_table(engine)
-    stmt = table.insert()
+    keys = [c.name for c in table.columns if c.name != "id"]
     rows = 0
-    start = time.perf_counter()
-    for chunk in chunks:
-        with engine.begin() as conn:
-            conn.execute(stmt, chunk)
-        rows += len(chunk)
-    elapsed = time.perf_counter() - start
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        cursor = raw.cursor()
+        insert = f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
+        copy = f"COPY {table.name} ({', '.join(keys)}) FROM STDIN"
+        start = time.perf_counter()
+        for chunk in chunks:
+            if engine.dialect.name == "postgresql":
+                with cursor.copy(copy) as out:
+                    for row in chunk:
+                        out.write_row([row[k] for k in keys])
+            else:
+                cursor.executemany(insert, [tuple([row[k] for k in keys]) for row in chunk])
+            raw.commit()
+            rows += len(chunk)
+        elapsed = time.perf_counter() - start
+        cursor.close()
     table.drop(engine)
     return rows, elapsed
+
+
+def time_groups(engine, batches, group: int) -> tuple[int, float]:  # noqa: ANN001
+    """``apply_batches`` over groups of ``group`` pre-validated batches (the group writer's
+    transactions under load), on one connection kept open as the writer does: (intervals, s)."""
+    from collector.ingest import SeenGpus, apply_batches
+
+    now_s, seen, intervals = time.time(), SeenGpus(), 0
+    with engine.connect() as conn:
+        start = time.perf_counter()
+        for i in range(0, len(batches), group):
+            results = apply_batches(conn, batches[i:i + group], now_s, seen)
+            assert all(r.applied for r in results)
+            intervals += sum(r.intervals for r in results)
+        return intervals, time.perf_counter() - start
 
 
 def _network_variant(section: Section, engine, backend: str, budget_s: float, count: int,  # noqa: ANN001
@@ -108,6 +135,30 @@ def _network_variant(section: Section, engine, backend: str, budget_s: float, co
     rate = intervals / elapsed
     section.add(f"ingest fn {backend}, 8/batch + RoCE", f"{fmt_rate(rate)} intervals/s ({done / elapsed:,.0f} batches/s; "
                 f"{rate / plain_rate:.2f}x without RoCE)", f">= {TARGET_RATE:,}/s", verdict_min(rate, TARGET_RATE))
+
+
+GROUP = 256  # batches a transaction: the group writer's MAX_GROUP, reached when batches queue
+
+
+def _group_commit(section: Section, engine, backend: str, quick: bool) -> None:  # noqa: ANN001
+    """apply_batches with 256 fleet batches (8 intervals each) a transaction vs the bulk load of their rows."""
+    from collector.schemas import BatchIn
+
+    rounds = 2 if quick else 6
+    raw = batch_set(2048, rounds, 1, base_time(back_s=5 * 3600), boot_id="group")
+    validated = [BatchIn.model_validate(b) for b in raw]
+    log(f"ingest [{backend}] apply_batches, {GROUP} batches a transaction, {len(raw):,} batches ...")
+    intervals, elapsed = time_groups(engine, validated, GROUP)
+    rate = intervals / elapsed
+    chunks = [[row for b in raw[i:i + GROUP] for row in interval_rows(b)] for i in range(0, len(raw), GROUP)]
+    rows, raw_elapsed = time_raw(engine, chunks)
+    bulk = rows / raw_elapsed
+    what = "COPY" if backend == "postgresql" else "executemany"
+    section.add(f"apply_batches {backend}, {GROUP} batches/txn", f"{fmt_rate(rate)} intervals/s "
+                f"({intervals / 8 / elapsed:,.0f} batches/s)", f">= {TARGET_RATE:,}/s", verdict_min(rate, TARGET_RATE))
+    section.add(f"bulk load {backend} ({what}), same rows", f"{fmt_rate(bulk)} rows/s")
+    section.add(f"apply_batches / bulk load {backend}", f"{rate / bulk:.2f}", f">= {TARGET_RATIO}",
+                verdict_min(rate / bulk, TARGET_RATIO))
 
 
 def run(quick: bool = False) -> Section:
@@ -147,6 +198,7 @@ def run(quick: bool = False) -> Section:
                 if backend == "postgresql":
                     section.note(f"{backend} {size}/batch: postgres server CPU {pg_fn / intervals * 1e6:.1f} us/interval "
                                  f"under apply_batch, {pg_raw / rows * 1e6:.1f} us/row under raw insert")
+            _group_commit(section, engine, backend, quick)
             if batches_carry_network():
                 _network_variant(section, engine, backend, budget_s, 2500 if quick else 8000, fn_rates[8])
             else:

@@ -245,10 +245,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Server:
-    """``gpuledger server`` in a subprocess."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (``--workers`` servers)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += proc_cpu_s(current)
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return total
 
-    def __init__(self, db_url: str, log_path: Path) -> None:
+
+class Server:
+    """``gpuledger server`` in a subprocess (``workers`` > 1: ``--workers N``, PostgreSQL only);
+    ``command``: another server to run the same way (the ceiling's: ``ceiling.py``)."""
+
+    def __init__(self, db_url: str, log_path: Path, workers: int = 1, command: list[str] | None = None) -> None:
+        self.workers, self.command = workers, command
         try:
             self._start(db_url, log_path)
         except RuntimeError as exc:
@@ -268,13 +284,17 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [PYTHON, "-m", "api.cli.main", "server", "--db", db_url, "--port", str(self.port), "--log-level", "warning"]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
+        if self.command is not None:
+            cmd = [PYTHON, *self.command, str(self.port)]
         self.process = subprocess.Popen(cmd, cwd=REPO, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * self.workers
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {log_path.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200 and self._all_workers_up():
                     return
             except httpx.HTTPError:
                 pass
@@ -282,12 +302,26 @@ class Server:
         self.process.kill()
         raise RuntimeError(f"server did not become healthy: {log_path.read_text()}")
 
+    def _all_workers_up(self) -> bool:
+        """With --workers N: each of N worker processes has said so in the log (uvicorn logs at info;
+        the server runs at warning, so this waits on the process count instead)."""
+        if self.workers == 1:
+            return True
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                started = len(f.read().split()) >= self.workers
+        except OSError:
+            return False
+        if started:
+            time.sleep(3.0 * self.workers)  # each worker imports the app before it accepts: give them time
+        return started
+
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def cpu_s(self) -> float:
-        return proc_cpu_s(self.pid)
+        return tree_cpu_s(self.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:

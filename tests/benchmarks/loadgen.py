@@ -1,8 +1,12 @@
 """HTTP load generator, run in its own process so that the server's CPU is its own.
 
     loadgen.py ingest URL --nodes N --pushes P --steps S --start T --boot B --concurrency C --max-seconds X
-        POST /v1/ingest: P rounds of one batch per node (S x 8 intervals each), bodies
-        serialised before the clock starts, C threads each with a keep-alive httpx.Client.
+        POST /v1/ingest, closed loop: P rounds of one batch per node (S x 8 intervals each),
+        requests serialised before the clock starts, C keep-alive connections on one asyncio
+        loop (uvloop when installed), each sending its next batch when the last is answered.
+    loadgen.py open URL ... --rate R --seconds D --concurrency C
+        POST /v1/ingest, open loop: R batches/s for D s whatever the answers; latency counts
+        from each request's due time. Both print the client's own CPU per request.
     loadgen.py get URL PATH --concurrency C --seconds D [--alt-path P2 --alt-every N] [--rate R]
         GET URL+PATH in a closed loop: C=1 sequentially (httpx.Client), else C asyncio
         tasks sharing one httpx.AsyncClient with C connections; every N-th request gets P2
@@ -16,8 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,56 +33,145 @@ from common import batch_set, percentile  # noqa: E402
 HEADERS = {"content-type": "application/json"}
 
 
-def ingest(args: argparse.Namespace) -> dict:
+def _requests(args: argparse.Namespace) -> list[tuple[bytes, int]]:
+    """Every batch as a whole HTTP/1.1 request (head and body), serialised before the clock starts."""
     batches = batch_set(args.nodes, args.pushes, args.steps, args.start, boot_id=args.boot)
-    bodies = [(json.dumps(b).encode(), len(b["intervals"])) for b in batches]
-    del batches
-    lock = threading.Lock()
-    state = {"next": 0, "sent": 0, "intervals": 0, "errors": 0, "first_error": None, "applied": 0}
-    latencies: list[float] = []
-    deadline = time.monotonic() + args.max_seconds
-    url = args.url.rstrip("/") + "/v1/ingest"
+    host = args.url.split("//", 1)[1].split("/", 1)[0]
+    out = []
+    for batch in batches:
+        body = json.dumps(batch).encode()
+        head = (f"POST /v1/ingest HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        out.append((head + body, len(batch["intervals"])))
+    return out
 
-    def worker() -> None:
-        mine: list[float] = []
-        with httpx.Client(timeout=60.0) as client:
-            while time.monotonic() < deadline:
-                with lock:
-                    n = state["next"]
-                    if n >= len(bodies):
-                        break
-                    state["next"] = n + 1
-                body, count = bodies[n]
-                t = time.perf_counter()
-                try:
-                    response = client.post(url, content=body, headers=HEADERS)
-                    ok = response.status_code == 200
-                    error = None if ok else f"{response.status_code} {response.text[:300]}"
-                    applied = ok and response.json().get("applied", False)
-                except httpx.HTTPError as exc:
-                    ok, error, applied = False, repr(exc), False
-                mine.append(time.perf_counter() - t)
-                with lock:
-                    if ok:
-                        state["sent"] += 1
-                        state["intervals"] += count
-                        state["applied"] += int(applied)
-                    else:
-                        state["errors"] += 1
-                        state["first_error"] = state["first_error"] or error
-        with lock:
-            latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {**state, "offered": len(bodies), "wall_s": wall,
-            "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3}
+class Conn:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: write a request, read one response.
+    Far cheaper per request than a general client, so the server, not this process, is measured."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> Conn:
+        host, _, port = url.split("//", 1)[1].split("/", 1)[0].partition(":")
+        reader, writer = await asyncio.open_connection(host, int(port or 80))
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await self.reader.readexactly(length) if length else b""
+        if b"connection: close" in head.lower():
+            self.writer.close()
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.sent = self.intervals = self.applied = self.errors = 0
+        self.first_error: str | None = None
+        self.latencies: list[float] = []
+
+    def record(self, status: int, body: bytes, intervals: int, latency_s: float) -> None:
+        self.latencies.append(latency_s)
+        if status == 200:
+            self.sent += 1
+            self.intervals += intervals
+            self.applied += b'"applied":true' in body
+        else:
+            self.errors += 1
+            self.first_error = self.first_error or f"{status} {body[:300]!r}"
+
+    def result(self, wall_s: float, offered: int, cpu_s: float) -> dict:
+        self.latencies.sort()
+        done = max(self.sent + self.errors, 1)
+        return {"sent": self.sent, "intervals": self.intervals, "applied": self.applied, "errors": self.errors,
+                "first_error": self.first_error, "offered": offered, "wall_s": wall_s,
+                "p50_ms": percentile(self.latencies, 0.5) * 1e3, "p99_ms": percentile(self.latencies, 0.99) * 1e3,
+                "client_cpu_s": cpu_s, "client_us_per_request": cpu_s / done * 1e6}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _closed(args: argparse.Namespace, requests: list[tuple[bytes, int]]) -> dict:
+    """``concurrency`` connections, each sending its next request as soon as the last is answered."""
+    tally, queue = Tally(), iter(requests)
+    conns = [await Conn.open(args.url) for _ in range(args.concurrency)]
+    cpu0, start = _cpu_s(), time.perf_counter()
+    deadline = start + args.max_seconds
+
+    async def worker(conn: Conn) -> None:
+        for request, intervals in queue:
+            t = time.perf_counter()
+            try:
+                status, body = await conn.send(request)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                status, body, conn = 0, repr(exc).encode(), await Conn.open(args.url)
+            tally.record(status, body, intervals, time.perf_counter() - t)
+            if time.perf_counter() > deadline:
+                return
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu0
+    for conn in conns:
+        conn.close()
+    return tally.result(wall, len(requests), cpu)
+
+
+async def _open(args: argparse.Namespace, requests: list[tuple[bytes, int]]) -> dict:
+    """Open loop: request i is due at start + i / rate whatever the answers; its latency counts
+    from when it was due (a request that waits for a free connection waits on the clock)."""
+    tally, free = Tally(), asyncio.Queue()
+    for _ in range(args.concurrency):
+        free.put_nowait(await Conn.open(args.url))
+    count = min(len(requests), int(args.rate * args.seconds))
+    cpu0, start = _cpu_s(), time.perf_counter()
+    tasks = []
+
+    async def one(request: bytes, intervals: int, due: float) -> None:
+        conn = await free.get()
+        try:
+            status, body = await conn.send(request)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            status, body, conn = 0, repr(exc).encode(), await Conn.open(args.url)
+        tally.record(status, body, intervals, time.perf_counter() - due)
+        free.put_nowait(conn)
+
+    for i, (request, intervals) in enumerate(requests[:count]):
+        due = start + i / args.rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(request, intervals, due)))
+    await asyncio.gather(*tasks)
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu0
+    while not free.empty():
+        free.get_nowait().close()
+    return {**tally.result(wall, count, cpu), "rate": args.rate, "late_s": max(wall - count / args.rate, 0.0)}
+
+
+def ingest(args: argparse.Namespace) -> dict:
+    requests = _requests(args)
+    run = _open if args.cmd == "open" else _closed
+    try:
+        import uvloop
+
+        return uvloop.run(run(args, requests))
+    except ImportError:
+        return asyncio.run(run(args, requests))
 
 
 class Errors:
@@ -194,15 +287,18 @@ def get(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("ingest")
-    p.add_argument("url")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--pushes", type=int, required=True)
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--start", type=float, required=True)
-    p.add_argument("--boot", default="boot-http")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--max-seconds", type=float, default=600)
+    for name in ("ingest", "open"):
+        p = sub.add_parser(name)
+        p.add_argument("url")
+        p.add_argument("--nodes", type=int, required=True)
+        p.add_argument("--pushes", type=int, required=True)
+        p.add_argument("--steps", type=int, default=1)
+        p.add_argument("--start", type=float, required=True)
+        p.add_argument("--boot", default="boot-http")
+        p.add_argument("--concurrency", type=int, default=4)
+        p.add_argument("--max-seconds", type=float, default=600)
+        p.add_argument("--rate", type=float, default=204.8, help="open: batches per second")
+        p.add_argument("--seconds", type=float, default=10.0, help="open: how long")
     g = sub.add_parser("get")
     g.add_argument("url")
     g.add_argument("path")
@@ -213,7 +309,7 @@ def main() -> None:
     g.add_argument("--rate", type=float, help="open loop: requests per second, whatever the answers' pace "
                    "(--concurrency then caps the connections)")
     args = parser.parse_args()
-    result = ingest(args) if args.cmd == "ingest" else get(args)
+    result = get(args) if args.cmd == "get" else ingest(args)
     print(json.dumps(result), flush=True)
 
 

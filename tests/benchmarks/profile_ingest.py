@@ -10,9 +10,9 @@ the venv (``.venv/bin/pip install pyinstrument py-spy``; py-spy must be allowed 
     python tests/benchmarks/profile_ingest.py get  [--backend ...] [--job long|short]
         py-spy on the server while loadgen GETs a job report (1 client; bench_reads' data)
 
-The py-spy summaries (--gil: samples of the thread holding the GIL, i.e. Python CPU; native
-code that releases the GIL, SQLite or libpq waits, is left out): share of samples by the package of the
-innermost frame ("self"), and the functions with the largest inclusive share.
+The py-spy summaries (samples of threads that are not idle: Python CPU and native code; waits
+are left out): share of samples by the package of the innermost frame ("self"), and the
+functions with the largest inclusive share.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def profile_fn(backend: str, size: int, network: bool = False) -> None:
 
 def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     return subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(pid), "-d", str(seconds),
-                             "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
+                             "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

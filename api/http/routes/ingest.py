@@ -1,39 +1,90 @@
+"""POST /v1/ingest, the hot path: on the event loop from request to acknowledgement.
+
+The endpoint below declares what the OpenAPI schema shows (a ``BatchIn`` body, a node
+token); ``IngestRoute`` serves it with a lean handler instead of FastAPI's generic one: no
+dependency solving in the threadpool, and the body decoded and validated in one pass
+(``BatchIn.model_validate_json``) rather than parsed by ``json.loads`` and then validated.
+The rejections are FastAPI's: the same ``RequestValidationError`` with ``body`` locations,
+so the 422 messages name the same fields and values.
+"""
+
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
-from api.http.auth import NodeDep, authorize_ingest
+from api.http.auth import NodeDep, authorize_ingest, ingest_principal
 from api.http.schemas import IngestAck
 from collector.ingest import check
 from collector.schemas import BatchIn
 from collector.stats import IngestStats
 from collector.writer import GroupWriter
 
-router = APIRouter(tags=["ingest"])
+NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
 
 
-def get_writer(request: Request) -> GroupWriter:
-    return request.app.state.writer
+def parse_batch(body: bytes, content_type: str | None) -> BatchIn:
+    """The request body as a ``BatchIn``, decoded and validated at once; 422 as FastAPI words it."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        if _is_json(content_type):
+            return BatchIn.model_validate_json(body)
+        return BatchIn.model_validate(body)  # as FastAPI does: a body that is not JSON is its bytes
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors(include_url=False):
+            if error["type"] == "json_invalid":  # the input is the whole body: name its size instead
+                error = {**error, "input": body}
+            elif error["type"] in ("model_type", "model_attributes_type") and not error["loc"]:
+                error = {**error, "msg": NOT_AN_OBJECT}  # pydantic's words for it when FastAPI validated
+            errors.append({**error, "loc": ("body", *error["loc"])})
+        raise RequestValidationError(errors) from None
 
 
-def get_stats(request: Request) -> IngestStats:
-    return request.app.state.ingest_stats
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _ack(applied: bool, intervals: int) -> Response:
+    body = b'{"applied":%s,"intervals":%d}' % (b"true" if applied else b"false", intervals)
+    return Response(body, media_type="application/json")
+
+
+async def handle_ingest(request: Request) -> Response:
+    """Apply an agent's batch exactly once; a replay is acknowledged and changes nothing."""
+    started = time.perf_counter()
+    principal = await ingest_principal(request)  # 401/403 before the body is looked at
+    batch = parse_batch(await request.body(), request.headers.get("content-type"))
+    authorize_ingest(principal, batch.node)
+    check(batch, time.time())
+    writer: GroupWriter = request.app.state.writer
+    result = await writer.submit(batch)
+    stats: IngestStats = request.app.state.ingest_stats
+    stats.applied(result.applied, result.intervals, time.perf_counter() - started)
+    return _ack(result.applied, result.intervals)
+
+
+class IngestRoute(APIRoute):
+    """An APIRoute whose requests go to ``handle_ingest``; its OpenAPI entry is the endpoint's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return handle_ingest
+
+
+router = APIRouter(tags=["ingest"], route_class=IngestRoute)
 
 
 @router.post("/v1/ingest", response_model=IngestAck)
-def ingest(
-    batch: BatchIn,
-    writer: Annotated[GroupWriter, Depends(get_writer)],
-    stats: Annotated[IngestStats, Depends(get_stats)],
-    principal: NodeDep,
-) -> IngestAck:
-    """Apply an agent's batch exactly once; a replay is acknowledged and changes nothing."""
-    started = time.perf_counter()
-    authorize_ingest(principal, batch.node)
-    check(batch, time.time())
-    result = writer.submit(batch)
-    stats.applied(result.applied, result.intervals, time.perf_counter() - started)
-    return IngestAck(applied=result.applied, intervals=result.intervals)
+async def ingest(batch: BatchIn, principal: NodeDep) -> IngestAck:
+    """Apply an agent's batch exactly once; a replay is acknowledged and changes nothing.
+
+    Served by ``handle_ingest`` (see ``IngestRoute``); this signature is what the schema shows."""
+    raise NotImplementedError
