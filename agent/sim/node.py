@@ -161,7 +161,9 @@ class SimulatedNode:
         else:
             device.power_mw = int(gpu.power_w(math.floor(offset_s)) * 1000)
         device.util_gpu_pct = round(gpu.utilization(math.floor(offset_s)) * 100)
-        device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if gpu.job_at(offset_s) else 0
+        job = gpu.job_at(offset_s)
+        device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if job else 0
+        device.pids = [job.pid] if job is not None and job.pid is not None else []
         device.temperature_c = 30 + round(45 * device.power_mw / max(device.default_limit_mw or 1, 1))
         device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
@@ -169,7 +171,7 @@ class SimulatedNode:
         result = {}
         for sample in samples:
             job = self.gpus[sample.index].job_at(sample.time_s - self.epoch_s)
-            if job is not None:
+            if job is not None and job.pid is None:  # a job with a pid is found through /proc
                 result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd),)
         return result
 

@@ -31,6 +31,8 @@ network_gbps = 120.0              # per node and direction, spread over the node
 cnp_per_s = 40.0                  # congestion notifications per node and second
 retrans_per_gb = 0.2              # RoCE retransmissions per GB sent
 budget_usd = 500.0                # as GPULEDGER_BUDGET_USD in the job's environment
+# pid = 4242                      # instead of the simulator naming the owner: NVML lists this host
+                                  # PID on the job's GPUs and the agent reads <--proc-root>/4242/
 
 [[events]]                        # quirks of real hardware, on a schedule
 kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
@@ -83,6 +85,7 @@ class JobSpec:
     cnp_per_s: float = 0.0
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
+    pid: int | None = None  # a host PID: NVML lists it on the job's GPUs and /proc (--proc-root) names the job
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
+        pid=int(_number(table, where, "pid", low=1)) if "pid" in table else None,
     )
 
 
