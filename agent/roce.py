@@ -15,55 +15,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-WRAP_32: Final = 2**32
-OCTETS_PER_DATA_UNIT: Final = 4  # port_xmit_data / port_rcv_data count 4-octet words
-
-DATA_COUNTERS: Final = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
-ERROR_COUNTERS: Final = ("tx_discards", "rx_errors", "symbol_errors", "link_downed")
-WAIT_COUNTERS: Final = ("xmit_wait",)
-PORT_COUNTERS: Final = DATA_COUNTERS + ERROR_COUNTERS + WAIT_COUNTERS
-CONGESTION_COUNTERS: Final = ("np_cnp_sent", "np_ecn_marked_roce_packets", "rp_cnp_handled", "rp_cnp_ignored")
-QUEUE_COUNTERS: Final = (
-    "out_of_sequence",
-    "packet_seq_err",
-    "local_ack_timeout_err",
-    "roce_adp_retrans",
-    "roce_adp_retrans_to",
-    "rx_write_requests",
-    "rx_read_requests",
-    "rx_atomic_requests",
-    "out_of_buffer",
-    "duplicate_request",
+from agent.ibcounters import (
+    ALL_COUNTERS,
+    CONGESTION_COUNTERS,
+    DATA_COUNTERS,
+    ERROR_COUNTERS,
+    ETH_COUNTERS,
+    FOUR_OCTET_COUNTERS,
+    HW_COUNTERS,
+    OCTETS_PER_DATA_UNIT,
+    PMA_COUNTERS,
+    PORT_COUNTERS,
+    QUEUE_COUNTERS,
+    WRAP_32,
+    counter_increase,
+    saturation_value,
 )
-HW_COUNTERS: Final = CONGESTION_COUNTERS + QUEUE_COUNTERS
-ETH_COUNTERS: Final = ("eth_tx_bytes", "eth_rx_bytes", "eth_tx_packets", "eth_rx_packets")
-ALL_COUNTERS: Final = PORT_COUNTERS + HW_COUNTERS + ETH_COUNTERS
-FOUR_OCTET_COUNTERS: Final = ("tx_bytes", "rx_bytes")
-# A decrease of one of these, with a value that fits 32 bits, is a 32-bit wrap. The IB
-# error counters (16/8-bit, saturating) are left out: for them a decrease is a clear.
-WRAP_32_COUNTERS: Final = DATA_COUNTERS + WAIT_COUNTERS + QUEUE_COUNTERS
+
+__all__ = [  # the counter tables live in agent.ibcounters; re-exported for readers of this module
+    "ALL_COUNTERS", "CONGESTION_COUNTERS", "DATA_COUNTERS", "ERROR_COUNTERS", "ETH_COUNTERS", "HW_COUNTERS",
+    "PORT_COUNTERS", "QUEUE_COUNTERS", "WRAP_32", "PortReading", "PortTotals", "RdmaPorts", "counter_increase",
+    "link_up", "parse_rate_gbps", "parse_state", "port_deltas", "read_net_statistics", "saturated_counters",
+    "unknown_increases",
+]
 
 _Source = tuple[str, bool]  # (path relative to the port directory, known 64-bit)
 
 
-def _wide_first(basename: str) -> tuple[_Source, ...]:
+def _data_sources(basename: str) -> tuple[_Source, ...]:
+    """Since Linux 4.5 ``counters/`` shows the 64-bit PortCountersExtended values where the HCA
+    has them; mlx4's older ``counters_ext/*_64`` files are read only when ``counters/`` lacks
+    the counter (node_exporter's mlx4 recording has counters_ext/port_rcv_packets_64 = 0 next
+    to counters/port_rcv_packets = 6825908347: the legacy file had stopped)."""
     return (
-        (f"counters_ext/{basename}_64", True),
         (f"counters/{basename}_64", True),
         (f"counters/{basename}", False),
+        (f"counters_ext/{basename}_64", True),
     )
 
 
 PORT_SOURCES: Final[dict[str, tuple[_Source, ...]]] = {
-    "tx_bytes": _wide_first("port_xmit_data"),
-    "rx_bytes": _wide_first("port_rcv_data"),
-    "tx_packets": _wide_first("port_xmit_packets"),
-    "rx_packets": _wide_first("port_rcv_packets"),
-    "tx_discards": (("counters/port_xmit_discards", False),),
-    "rx_errors": (("counters/port_rcv_errors", False),),
-    "symbol_errors": (("counters/symbol_error", False),),
-    "link_downed": (("counters/link_downed", False),),
-    "xmit_wait": (("counters/port_xmit_wait", False),),
+    name: _data_sources(basename) if name in DATA_COUNTERS else ((f"counters/{basename}", False),)
+    for name, (basename, _width) in PMA_COUNTERS.items()
 }
 
 
@@ -209,19 +202,6 @@ def link_up(reading: PortReading) -> bool:
     return reading.state == "ACTIVE" and reading.phys_state == "LinkUp"
 
 
-def _may_wrap_32(name: str, wide: bool) -> bool:
-    return name in QUEUE_COUNTERS or (name in WRAP_32_COUNTERS and not wide)
-
-
-def counter_increase(name: str, before: int, after: int, wide: bool) -> int:
-    """Raw increase of one counter: plain, across a 32-bit wrap, or since a reset."""
-    if after >= before:
-        return after - before
-    if _may_wrap_32(name, wide) and before < WRAP_32:
-        return after + WRAP_32 - before
-    return after  # a 64-bit (or saturating) counter went down: reset, counted since then
-
-
 def _delta(name: str, prev: PortReading, cur: PortReading) -> int | None:
     before, after = prev.raw.get(name), cur.raw.get(name)
     if before is None or after is None:
@@ -230,7 +210,27 @@ def _delta(name: str, prev: PortReading, cur: PortReading) -> int | None:
     if prev.wide.get(name, False) != wide:
         return None  # the source file changed width between readings: not comparable
     increase = counter_increase(name, before, after, wide)
+    if increase is None:
+        return None
     return increase * OCTETS_PER_DATA_UNIT if name in FOUR_OCTET_COUNTERS else increase
+
+
+def saturated_counters(reading: PortReading) -> frozenset[str]:
+    """The PMA counters of ``reading`` that sit at their maximum and so count no more."""
+    return frozenset(
+        name for name, raw in reading.raw.items()
+        if raw is not None and raw == saturation_value(name, reading.wide.get(name, False))
+    )
+
+
+def unknown_increases(prev: PortReading, cur: PortReading) -> frozenset[str]:
+    """Counters both readings have whose increase is unknown (saturated, or cleared after it)."""
+    return frozenset(
+        name for name in ALL_COUNTERS
+        if prev.raw.get(name) is not None and cur.raw.get(name) is not None
+        and prev.wide.get(name, False) == cur.wide.get(name, False)
+        and counter_increase(name, prev.raw[name], cur.raw[name], cur.wide.get(name, False)) is None  # type: ignore[arg-type]
+    )
 
 
 def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
@@ -245,10 +245,14 @@ def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
 
 class PortTotals:
     """Each port's counters summed over the readings fed to it: monotonic across wraps and
-    resets, from the agent's start. A counter a port never reported stays absent."""
+    resets, from the agent's start. A counter a port never reported stays absent. An increase
+    that cannot be known (a saturated PMA counter) adds nothing and is counted in
+    ``unknown_increases``; ``saturated`` holds the counters at their maximum in the last reading."""
 
     def __init__(self) -> None:
         self.totals: dict[tuple[str, int], dict[str, int]] = {}
+        self.unknown_increases: dict[tuple[str, int], dict[str, int]] = {}
+        self.saturated: dict[tuple[str, int], frozenset[str]] = {}
         self._last: dict[tuple[str, int], PortReading] = {}
 
     def add(self, readings: list[PortReading]) -> dict[tuple[str, int], dict[str, int | None]]:
@@ -263,6 +267,10 @@ class PortTotals:
                 for name, delta in deltas.items():
                     if delta is not None:
                         totals[name] = totals.get(name, 0) + delta
+                unknown = self.unknown_increases.setdefault(key, {})
+                for name in unknown_increases(prev, cur):
+                    unknown[name] = unknown.get(name, 0) + 1
+            self.saturated[key] = saturated_counters(cur)
             for name, raw in cur.raw.items():
                 if raw is not None:
                     totals.setdefault(name, 0)

@@ -18,6 +18,7 @@ from agent.cgroup import (
     slurm_job_in_path,
 )
 from agent.gpu import GpuSample
+from tests.conftest import wait_for_job
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cgroup"
 
@@ -168,7 +169,8 @@ def test_e2e_v1_cgroup_job_is_attributed(server, tmp_path: Path) -> None:
          "--proc-root", str(proc), "--metrics-port", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    time.sleep(6)
+    wait_for_job(server.url, "v1/4824887")
+    time.sleep(3)
     agent.terminate()
     assert agent.wait(timeout=30) == 0
     jobs = httpx.get(f"{server.url}/v1/jobs", timeout=10).json()

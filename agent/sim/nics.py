@@ -35,6 +35,8 @@ FILES = {  # our counter name -> sysfs file under ports/1/
     "timeouts": "hw_counters/local_ack_timeout_err",
 }
 
+PMA_FILES = tuple(name for name, path in FILES.items() if path.startswith("counters/"))
+
 
 @dataclass(frozen=True, slots=True)
 class NodeTraffic:
@@ -93,6 +95,7 @@ class SimulatedPorts:
         self._down: list[bool | None] = [None] * self.nics
         self._second = 0
         self._totals = [dict.fromkeys(FILES, 0) for _ in range(self.nics)]
+        self._clears = {(e.gpu, math.ceil(e.at_s)) for e in spec.events if e.kind == "counter_clear" and e.node == node_name}
         self._reader = RdmaPorts(self.root)
         for nic in range(self.nics):
             port = self._port_dir(nic)
@@ -121,6 +124,8 @@ class SimulatedPorts:
         if whole > self._second:
             for second in range(self._second, whole):
                 for nic, totals in enumerate(self._totals):
+                    if (nic, second) in self._clears:  # the PMA counters (counters/) restart at 0
+                        totals.update(dict.fromkeys(PMA_FILES, 0))
                     for name, amount in self.traffic.port_second(nic, second).items():
                         totals[name] += amount
             self._second = whole

@@ -36,7 +36,8 @@ budget_usd = 500.0                # as GPULEDGER_BUDGET_USD in the job's environ
 
 [[events]]                        # quirks of real hardware, on a schedule
 kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
-node = "node-1"                   # or "link_down" (with nic, optional until_s)
+node = "node-1"                   # or "link_down" (with nic, optional until_s), or "counter_clear"
+                                  # (with nic: its PMA counters cleared to 0, as perfquery -R does)
 gpu = 3
 at_s = 600
 ```
@@ -49,6 +50,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+NIC_EVENTS = ("link_down", "counter_clear")  # events of a NIC (``nic``); the others name a GPU
 
 
 class SpecError(ValueError):
@@ -188,12 +191,12 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
 
 def _event(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> EventSpec:
     kind = _get(table, where, "kind", str)
-    if kind not in ("counter_reset", "gpu_lost", "link_down"):
-        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset', 'gpu_lost' or 'link_down'")
+    if kind not in ("counter_reset", "gpu_lost", "link_down", "counter_clear"):
+        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset', 'gpu_lost', 'link_down' or 'counter_clear'")
     node = _get(table, where, "node", str)
     if node not in nodes:
         raise SpecError(f"{where}.node: {node!r} is not a node of the spec")
-    field, count = ("nic", nodes[node].nics) if kind == "link_down" else ("gpu", nodes[node].gpu_count)
+    field, count = ("nic", nodes[node].nics) if kind in NIC_EVENTS else ("gpu", nodes[node].gpu_count)
     index = _get(table, where, field, int)
     if not 0 <= index < count:
         raise SpecError(f"{where}.{field} = {index}: not a {field.upper()} index of node {node!r}")
