@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.attribution import Attributor
@@ -67,7 +67,7 @@ def test_procfs_mlx5_reads_the_error_and_hw_counters_procfs_reads() -> None:
     assert {name: port.raw[name] for name in expected} == expected
     assert port.raw["rx_discards"] is None  # mlx5 has no port_rcv_discards file
     # counters/port_xmit_data past 2**32 - 1: the kernel shows the 64-bit value there.
-    assert port.raw["tx_bytes"] > SATURATED and not port.wide["tx_bytes"]
+    assert (port.raw["tx_bytes"] or 0) > SATURATED and not port.wide["tx_bytes"]
     assert saturated_counters(port) == frozenset()
 
 
@@ -152,7 +152,7 @@ def test_saturated_data_counter_makes_the_span_unknown_not_zero() -> None:
 def test_interval_without_unknown_has_no_unknown_field() -> None:
     port = mlx4_port1()
     cutter = NetworkCutter()
-    cutter.add({"7": 1.0}, 0.0, node_step([port], [with_raw(port, tx_bytes=port.raw["tx_bytes"] + 10)], 1.0))
+    cutter.add({"7": 1.0}, 0.0, node_step([port], [with_raw(port, tx_bytes=(port.raw["tx_bytes"] or 0) + 10)], 1.0))
     (interval,) = cutter.cut()
     assert "unknown_seconds" not in interval and interval["counters"]["tx_bytes"] == 40
 
@@ -184,8 +184,8 @@ def node_exporter_expected() -> dict[str, float]:
     return expected
 
 
-def scrape(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(agent.registry).decode()
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -202,13 +202,13 @@ def test_exported_counters_match_node_exporter_names_and_values(tmp_path: Path) 
     clock = ManualClock(1_000_000.0)
     agent = Agent(NvmlSource(FakeNvml([FakeDevice("GPU-a")])), Attributor([]), Pusher("http://127.0.0.1:9", clock=clock.now),
                   NodeLabels("n1", "c", "dc"), clock, ports=RdmaPorts(sysfs))
-    agent.registry = agent_registry(agent)
+    registry = agent_registry(agent)
     agent.tick()
     for path, text in recorded.items():
         path.write_text(text)
     clock.sleep(1.0)
     agent.tick()
-    got = {name.removeprefix("gpuledger_infiniband_"): value for (name, labels), value in scrape(agent).items()
+    got = {name.removeprefix("gpuledger_infiniband_"): value for (name, labels), value in scrape(registry).items()
            if dict(labels).get("device") == "mlx4_0" and dict(labels).get("port") == "1" and "counter" not in dict(labels)}
     expected = node_exporter_expected()
     shared = {"port_data_transmitted_bytes_total", "port_data_received_bytes_total", "port_packets_transmitted_total",
@@ -221,7 +221,7 @@ def test_exported_counters_match_node_exporter_names_and_values(tmp_path: Path) 
     # it cannot know and says the counter is stuck.
     assert expected["port_transmit_wait_total"] == SATURATED and got["port_transmit_wait_total"] == 0
     labels = (("counter", "port_xmit_wait"), ("device", "mlx4_0"), ("node", "n1"), ("port", "1"))
-    samples = scrape(agent)
+    samples = scrape(registry)
     assert samples[("gpuledger_infiniband_counter_saturated", labels)] == 1
     assert samples[("gpuledger_infiniband_counter_unknown_increases_total", labels)] == 1
     other = (("counter", "port_xmit_discards"), ("device", "mlx4_0"), ("node", "n1"), ("port", "1"))
@@ -235,14 +235,14 @@ def test_new_error_counters_are_exported_under_node_exporter_names(tmp_path: Pat
     clock = ManualClock(1_000_000.0)
     agent = Agent(NvmlSource(FakeNvml([FakeDevice("GPU-a")])), Attributor([]), Pusher("http://127.0.0.1:9", clock=clock.now),
                   NodeLabels("n1", "c", "dc"), clock, ports=RdmaPorts(sysfs))
-    agent.registry = agent_registry(agent)
+    registry = agent_registry(agent)
     agent.tick()
     for name, add in (("req_cqe_error", 3), ("resp_cqe_error", 4), ("rnr_nak_retry_err", 5), ("implied_nak_seq_err", 6),
                       ("roce_slow_restart", 7), ("roce_slow_restart_cnps", 8), ("roce_slow_restart_trans", 9)):
         (hw / name).write_text(f"{int((hw / name).read_text()) + add}\n")
     clock.sleep(1.0)
     agent.tick()
-    got = {name: value for (name, labels), value in scrape(agent).items() if dict(labels).get("device") == "mlx5_0"}
+    got = {name: value for (name, labels), value in scrape(registry).items() if dict(labels).get("device") == "mlx5_0"}
     assert {name: got[f"gpuledger_infiniband_{name}"] for name in (
         "req_cqes_errors_total", "resp_cqes_errors_total", "rnr_nak_retry_packets_received_total",
         "implied_nak_seq_errors_total", "roce_slow_restart_used_total", "roce_slow_restart_cnps_total",
