@@ -63,7 +63,7 @@ def node_step(
             continue
         deltas = increases[(port.device, port.port)] if increases is not None else port_deltas(old, port)
         missing = any(deltas.get(n) is None and port.raw.get(n) is not None for n in _SOURCES)
-        unknown = unknown_increases(old, port) if missing else frozenset()
+        unknown = unknown_increases(old, port, deltas) if missing else frozenset()
         for wire, names in NETWORK_COUNTERS.items():
             values = [v for n in names if (v := deltas.get(n)) is not None]
             if unknown.intersection(names):

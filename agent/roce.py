@@ -218,19 +218,21 @@ def _delta(name: str, prev: PortReading, cur: PortReading) -> int | None:
 def saturated_counters(reading: PortReading) -> frozenset[str]:
     """The PMA counters of ``reading`` that sit at their maximum and so count no more."""
     return frozenset(
-        name for name, raw in reading.raw.items()
-        if raw is not None and raw == saturation_value(name, reading.wide.get(name, False))
+        name for name in PMA_COUNTERS
+        if (raw := reading.raw.get(name)) is not None and raw == saturation_value(name, reading.wide.get(name, False))
     )
 
 
-def unknown_increases(prev: PortReading, cur: PortReading) -> frozenset[str]:
+def _unknown(name: str, delta: int | None, prev: PortReading, cur: PortReading) -> bool:
+    """A delta of None with both readings present and of one width: the increase is unknown."""
+    return (delta is None and prev.raw.get(name) is not None and cur.raw.get(name) is not None
+            and prev.wide.get(name, False) == cur.wide.get(name, False))
+
+
+def unknown_increases(prev: PortReading, cur: PortReading, deltas: dict[str, int | None] | None = None) -> frozenset[str]:
     """Counters both readings have whose increase is unknown (saturated, or cleared after it)."""
-    return frozenset(
-        name for name in ALL_COUNTERS
-        if prev.raw.get(name) is not None and cur.raw.get(name) is not None
-        and prev.wide.get(name, False) == cur.wide.get(name, False)
-        and counter_increase(name, prev.raw[name], cur.raw[name], cur.wide.get(name, False)) is None  # type: ignore[arg-type]
-    )
+    deltas = port_deltas(prev, cur) if deltas is None else deltas
+    return frozenset(name for name, delta in deltas.items() if _unknown(name, delta, prev, cur))
 
 
 def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
@@ -268,7 +270,7 @@ class PortTotals:
                     if delta is not None:
                         totals[name] = totals.get(name, 0) + delta
                 unknown = self.unknown_increases.setdefault(key, {})
-                for name in unknown_increases(prev, cur):
+                for name in unknown_increases(prev, cur, deltas):
                     unknown[name] = unknown.get(name, 0) + 1
             self.saturated[key] = saturated_counters(cur)
             for name, raw in cur.raw.items():
