@@ -99,7 +99,7 @@ def agent_command(
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
-        ports = RdmaPorts(sysfs_root)
+        ports = RdmaPorts(sysfs_root, slow_every=max(1, round(push_interval / interval)))  # error counters once a push
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
     store, state = None, None
     if state_dir is not None:

@@ -41,6 +41,12 @@ HW_COUNTERS: Final = CONGESTION_COUNTERS + QUEUE_COUNTERS
 ETH_COUNTERS: Final = ("eth_tx_bytes", "eth_rx_bytes", "eth_tx_packets", "eth_rx_packets")
 ALL_COUNTERS: Final = PORT_COUNTERS + HW_COUNTERS + ETH_COUNTERS
 FOUR_OCTET_COUNTERS: Final = ("tx_bytes", "rx_bytes")
+# What a job's network intervals are made of, read every cycle; the others (errors, requests,
+# netdev statistics) only feed /metrics and may be read less often (``RdmaPorts(slow_every=)``).
+FAST_COUNTERS: Final = (
+    *DATA_COUNTERS, "np_cnp_sent", "rp_cnp_handled", "np_ecn_marked_roce_packets", "roce_adp_retrans", "out_of_sequence",
+    "local_ack_timeout_err",
+)
 
 # Canonical name -> (file under counters/, PortCounters field width in bits). port_rcv_discards
 # is not a PortCounters field (some drivers add it; mlx5 does not): read as 16-bit like its

@@ -363,3 +363,29 @@ def test_unknown_seconds_beyond_the_interval_is_refused() -> None:
 
     with pytest.raises(ValidationError, match=r"unknown_seconds = 11.0: expected at most seconds = 10.0"):
         BatchIn.model_validate(net_batch(0, HOUR_S, {"tx_bytes": None}, unknown_s=11.0))
+
+
+# -- reading rates ---------------------------------------------------------------------------------
+
+
+def test_network_intervals_use_only_counters_read_every_cycle() -> None:
+    from agent.ibcounters import FAST_COUNTERS
+    from agent.network import NETWORK_COUNTERS
+
+    assert {n for names in NETWORK_COUNTERS.values() for n in names} <= set(FAST_COUNTERS)
+
+
+def test_slow_counters_are_read_every_nth_time_and_arrive_whole(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(PROCFS, sysfs)
+    port_dir = sysfs / "class/infiniband/mlx5_0/ports/1"
+    ports, totals = RdmaPorts(sysfs, slow_every=3), PortTotals()
+    for n in range(1, 7):  # each read: 10 more CQE errors (slow) and 100 more words sent (fast)
+        totals.add(ports.read())
+        (port_dir / "hw_counters/req_cqe_error").write_text(f"{3481 + 10 * n}\n")
+        (port_dir / "counters/port_xmit_data").write_text(f"{2880761508848 + 100 * n}\n")
+        key = ("mlx5_0", 1)
+        assert totals.totals[key]["tx_bytes"] == 4 * 100 * (n - 1)  # every read
+        assert totals.totals[key]["req_cqe_error"] == 10 * 3 * ((n - 1) // 3)  # reads 0 and 3 only
+    with pytest.raises(ValueError, match="slow_every = 0: expected an integer >= 1"):
+        RdmaPorts(sysfs, slow_every=0)
