@@ -389,3 +389,16 @@ def test_slow_counters_are_read_every_nth_time_and_arrive_whole(tmp_path: Path) 
         assert totals.totals[key]["req_cqe_error"] == 10 * 3 * ((n - 1) // 3)  # reads 0 and 3 only
     with pytest.raises(ValueError, match="slow_every = 0: expected an integer >= 1"):
         RdmaPorts(sysfs, slow_every=0)
+
+
+def test_spool_merge_keeps_an_unknown_counter_unknown() -> None:
+    from agent.spool import merge_batches
+
+    older = net_batch(0, HOUR_S, {"tx_bytes": 100.0, "rx_bytes": 5.0})
+    newer = net_batch(1, HOUR_S + 10, {"tx_bytes": None, "rx_bytes": 7.0}, unknown_s=4.0)
+    merged, count = merge_batches(older, newer)
+    (record,) = merged["network"]
+    assert count >= 1 and record["counters"] == {"tx_bytes": None, "rx_bytes": 12.0}
+    assert record["unknown_seconds"] == 4.0 and record["seconds"] == 20.0
+    clean, _ = merge_batches(older, net_batch(1, HOUR_S + 10, {"tx_bytes": 1.0}))
+    assert "unknown_seconds" not in clean["network"][0]
