@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Engine, case, func
 from sqlalchemy.engine import Connection
@@ -154,8 +155,8 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
                     "budget_co2e_kg": info.budget_co2e_kg if info else None,
                     "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
                 }
-            row["first_seen_s"] = min(row["first_seen_s"], i.start_s)  # type: ignore[type-var]
-            row["last_seen_s"] = max(row["last_seen_s"], i.end_s)  # type: ignore[type-var]
+            row["first_seen_s"] = min(cast(float, row["first_seen_s"]), i.start_s)
+            row["last_seen_s"] = max(cast(float, row["last_seen_s"]), i.end_s)
     return [rows[key] for key in sorted(rows)]
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index
+from typing import ClassVar
+
+from sqlalchemy import BigInteger, Column, Index, Table
 from sqlmodel import Field, SQLModel
 
 RUNNING = "running"
 ENDED = "ended"
 
 
-class IngestedBatch(SQLModel, table=True):
+class TableModel(SQLModel):
+    """A table's model; ``__table__`` typed for the Core statements that read and write it."""
+
+    __table__: ClassVar[Table]
+
+
+class IngestedBatch(TableModel, table=True):
     """Identity of every applied batch: the same (node, boot_id, seq) is never applied twice."""
 
     __tablename__ = "ingested_batches"
@@ -21,7 +29,7 @@ class IngestedBatch(SQLModel, table=True):
     interval_count: int
 
 
-class GpuInterval(SQLModel, table=True):
+class GpuInterval(TableModel, table=True):
     """Raw intervals as the agents cut them; reports never read these, a job's charts read its last hours."""
 
     __tablename__ = "gpu_intervals"
@@ -45,7 +53,7 @@ class GpuInterval(SQLModel, table=True):
     max_memory_used_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
-class Job(SQLModel, table=True):
+class Job(TableModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_first_seen_s", "first_seen_s"),)
     job_id: str = Field(primary_key=True, max_length=300)  # "<cluster>/<local id>"
@@ -66,7 +74,7 @@ class Job(SQLModel, table=True):
     progress_at_s: float | None = None
 
 
-class JobHour(SQLModel, table=True):
+class JobHour(TableModel, table=True):
     """Hourly rollup per (job, hour, datacenter, GPU model), maintained incrementally on ingest."""
 
     __tablename__ = "job_hours"
@@ -80,7 +88,7 @@ class JobHour(SQLModel, table=True):
     energy_counter_j: float  # the part of energy_j measured by the hardware counter
 
 
-class JobGpu(SQLModel, table=True):
+class JobGpu(TableModel, table=True):
     """Every GPU a job has run on, for its node and GPU counts."""
 
     __tablename__ = "job_gpus"
@@ -89,7 +97,7 @@ class JobGpu(SQLModel, table=True):
     gpu_uuid: str = Field(primary_key=True, max_length=128)
 
 
-class JobNetHour(SQLModel, table=True):
+class JobNetHour(TableModel, table=True):
     """Hourly RoCE rollup per (job, hour, node). A counter no port reported stays NULL."""
 
     __tablename__ = "job_net_hours"
@@ -118,7 +126,7 @@ class JobNetHour(SQLModel, table=True):
     unknown_seconds: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
 
 
-class GridIntensity(SQLModel, table=True):
+class GridIntensity(TableModel, table=True):
     """Hourly grid carbon intensity per region (imported or fetched from a provider)."""
 
     __tablename__ = "grid_intensity"
@@ -130,7 +138,7 @@ class GridIntensity(SQLModel, table=True):
     updated_at_s: float
 
 
-class GridMarginalIntensity(SQLModel, table=True):
+class GridMarginalIntensity(TableModel, table=True):
     """Hourly *marginal* emission rate per region (WattTime co2_moer): the CO2e a change in load
     causes, for what-if and load shifting; never used to account for a job's CO2e."""
 

@@ -19,7 +19,7 @@ from api.reports.series import FINE_WINDOW_S, MAX_FINE_POINTS, STEPS_S, complete
 from tests.conftest import BACKENDS, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB = ROOT / "api" / "web"
+WEB = ROOT / "api" / "http" / "web"
 NOW = time.time()
 H = math.floor(NOW / 3600) * 3600 - 3600  # an hour boundary one to two hours ago
 OLD_START = H - 8 * 3600 + 600  # one interval in an hour the series gives as an hourly point

@@ -168,7 +168,7 @@ class SimulatedNode:
         device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
-        result = {}
+        result: dict[int, Owners] = {}
         for sample in samples:
             job = self.gpus[sample.index].job_at(sample.time_s - self.epoch_s)
             if job is not None and job.pid is None:  # a job with a pid is found through /proc

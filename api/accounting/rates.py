@@ -14,6 +14,7 @@ Defaults, each a starting point to replace with the site's own figures:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -173,7 +174,7 @@ class LedgerConfig(Section):
         return ANNUAL_G_PER_KWH_2023.get(region, table.get("default", DEFAULT_INTENSITY_G_PER_KWH))
 
 
-def best_key(table: dict[str, object], gpu_model: str) -> str | None:
+def best_key(table: Mapping[str, object], gpu_model: str) -> str | None:
     """The key that is the longest case-insensitive substring of the NVML name, else 'default'."""
     name = gpu_model.lower()
     matches = [key for key in table if key != "default" and key.lower() in name]

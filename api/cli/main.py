@@ -4,7 +4,7 @@ need them, so ``gpuledger agent`` runs on a GPU node without FastAPI or SQLAlche
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import prometheus_client
 import typer
@@ -51,7 +51,7 @@ def server(
     if (ssl_certfile is None) != (ssl_keyfile is None):
         typer.echo("gpuledger server: error: --ssl-certfile and --ssl-keyfile go together", err=True)
         raise typer.Exit(2)
-    tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
+    tls: dict[str, Any] = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
     app_ = create_app(engine, ledger_config, auth=auth)
     uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)

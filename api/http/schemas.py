@@ -41,16 +41,16 @@ class Progress(BaseModel):
 
 
 class Budget(BaseModel):
-    budget_usd: float | None
-    budget_co2e_kg: float | None
-    spend_usd_per_hour: float | None
-    co2e_kg_per_hour: float | None
+    budget_usd: float | None = Field(description="From GPULEDGER_BUDGET_USD or PUT /v1/jobs/{job_id}/budget (which wins).")
+    budget_co2e_kg: float | None = Field(description="From GPULEDGER_BUDGET_CO2E_KG or the budget API.")
+    spend_usd_per_hour: float | None = Field(description="Average spend rate so far.")
+    co2e_kg_per_hour: float | None = Field(description="Average CO2e rate so far.")
     forecast_method: str = Field(description="steps, declared_end, ended or observed_rate.")
-    forecast_end_at: datetime | None
-    forecast_cost_usd: float | None
-    forecast_co2e_kg: float | None
-    over_budget: bool
-    forecast_over_budget: bool
+    forecast_end_at: datetime | None = Field(description="Forecast end of the job; null when open.")
+    forecast_cost_usd: float | None = Field(description="Forecast cost at completion.")
+    forecast_co2e_kg: float | None = Field(description="Forecast location-based CO2e at completion.")
+    over_budget: bool = Field(description="Spend so far exceeds a budget.")
+    forecast_over_budget: bool = Field(description="The forecast at completion exceeds a budget.")
     budget_exhausted_at: datetime | None = Field(description="When the USD budget runs out at the observed rate.")
     progress: Progress | None
 
@@ -62,16 +62,16 @@ class UsagePart(Usage):
 
 class JobSummary(Usage):
     job_id: str = Field(description="Cluster-scoped id: <cluster>/<job id>.")
-    cluster: str
-    name: str | None
-    user: str | None
-    account: str | None
+    cluster: str = Field(description="The cluster label the agents report (`--cluster`).")
+    name: str | None = Field(description="Job name, from the job's environment (Slurm, or GPULEDGER_JOB_NAME).")
+    user: str | None = Field(description="Job owner, from the job's environment.")
+    account: str | None = Field(description="Account charged; scoped reader tokens see only theirs.")
     state: str = Field(description="running, or ended after the configured silence.")
-    started_at: datetime
-    last_seen_at: datetime
-    ended_at: datetime | None
-    nodes: int
-    gpus: int
+    started_at: datetime = Field(description="First data seen (UTC).")
+    last_seen_at: datetime = Field(description="Last data seen (UTC).")
+    ended_at: datetime | None = Field(description="When the job was marked ended (UTC); null while running.")
+    nodes: int = Field(description="Distinct nodes the job has run on.")
+    gpus: int = Field(description="Distinct GPUs the job has run on.")
     energy_measured_fraction: float | None = Field(
         description="Share of energy_kwh from NVML's energy counter; the rest is estimated from power."
     )
@@ -117,15 +117,16 @@ class NetworkReport(BaseModel):
         description="Node-seconds in which a port's byte or packet counter could not be read (a saturated 32-bit "
         "InfiniBand counter); the byte and packet totals are then null, not a lower bound.",
     )
-    congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in the README).")
+    congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in api/accounting/README.md).")
     congestion_reason: str
     per_node: list[NetworkNode]
 
 
 class JobReport(JobSummary):
-    as_of: datetime
-    rates: Rates
-    breakdown: list[UsagePart]
+    as_of: datetime = Field(description="When the report was computed; data lags by at most two push intervals.")
+    rates: Rates = Field(description="Every rate applied, so the arithmetic can be checked; a rate that changed "
+                                     "over the job's hours is given as its effective value.")
+    breakdown: list[UsagePart] = Field(description="The totals per (datacenter, GPU model).")
     network: NetworkReport | None = Field(description="RoCE traffic and congestion; null without NIC data.")
 
 

@@ -127,10 +127,11 @@ class JobCollector(Collector):
             self._refresh_closed(conn, jobs, boundary_s)
             open_rows = _running_usage(conn, hours_t.c.hour_s >= boundary_s)
             network = self._network(conn)
-            states = [tuple(r) for r in conn.execute(
+            states = [(r[0], r[1], r[2]) for r in conn.execute(
                 select(jobs_t.c.cluster, jobs_t.c.state, func.count()).group_by(jobs_t.c.cluster, jobs_t.c.state))]
         hourly = intensity_for(self.engine, [r for rows in open_rows.values() for r in rows], self.config)
-        lines, fixed = [], {}
+        lines: list[JobLine] = []
+        fixed: dict = {}  # (datacenter, model) -> fixed rates, shared across the jobs of one pass
         for job in jobs:
             job_id = job["job_id"]
             account = IDLE_GROUP if job["local_id"] == UNALLOCATED else (job["account"] or "")
@@ -194,7 +195,8 @@ class JobCollector(Collector):
             return
         rows = _usage_of(conn, stale, hours_t.c.hour_s < boundary_s)
         hourly = intensity_for(self.engine, [r for job_rows in rows.values() for r in job_rows], self.config)
-        cluster, fixed = {job["job_id"]: job["cluster"] for job in jobs}, {}
+        cluster = {job["job_id"]: job["cluster"] for job in jobs}
+        fixed: dict = {}  # (datacenter, model) -> fixed rates, shared across the jobs of one pass
         for job_id in stale:
             self._closed[job_id] = _Closed(fingerprints[job_id], _priced(rows[job_id], self.config, cluster[job_id], hourly, fixed))
 

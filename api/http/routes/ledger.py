@@ -61,7 +61,7 @@ def set_budget(job_id: str, body: BudgetIn, engine: EngineDep, principal: AdminD
 
 def footprint_rows(report: dict[str, Any], config: LedgerConfig, convention: str) -> list[Any]:
     """One model-card row per GPU model, from the report's breakdown and effective rates."""
-    by_model: dict[str, dict[str, float]] = {}
+    by_model: dict[str, dict[str, Any]] = {}
     for part in report["breakdown"]:
         acc = by_model.setdefault(part["gpu_model"], dict.fromkeys(("gpu_hours", "gpu_kwh", "energy", "facility", "co2e", "market", "embodied"), 0.0))
         acc["gpu_hours"] += part["gpu_hours"]
