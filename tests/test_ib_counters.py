@@ -317,6 +317,38 @@ def test_e2e_counter_clear_does_not_inflate_the_jobs_bytes(server, tmp_path: Pat
     assert network["tx_bytes"] < wrap_error  # with the wrap it would be more than that extra alone
 
 
+SATURATE_SPEC = CLEAR_SPEC.split("[[events]]")[0].replace("nic_rate_gbps = 400.0", "nic_rate_gbps = 400.0\nnic_counter_bits = 32")
+
+
+def test_e2e_saturated_counter_gives_null_bytes_not_a_lower_bound(server, tmp_path: Path) -> None:
+    """A 32-bit HCA: counters/ stops at 2**32 - 1 while the job runs. The job's bytes are
+    reported null with the unknown node-seconds, not the part counted before it stopped."""
+    spec = parse_spec(tomllib.loads(SATURATE_SPEC))
+    traffic = NodeTraffic(spec, "n0")
+    words, full_s = 0, 0
+    while words < SATURATED:  # the second at which NIC 0's transmit counter stops
+        words += traffic.port_second(0, full_s)["tx_words"]
+        full_s += 1
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(SATURATE_SPEC)
+    epoch = math.floor(time.time()) - (full_s - 12)  # it stops about 12 s after the agent starts
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "api.cli.main", "agent", "--simulate", str(spec_path), "--node", "n0",
+         "--collector", server.url, "--interval", "0.5", "--push-interval", "1", "--sim-epoch", str(epoch),
+         "--metrics-port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    first = wait_for_job(server.url, "ib/9")
+    assert datetime.fromisoformat(first["started_at"]).timestamp() < epoch + full_s - 2  # counting before it stopped
+    time.sleep(max(0.0, epoch + full_s + 3 - time.time()))
+    agent.terminate()
+    assert agent.wait(timeout=30) == 0
+    network = httpx.get(f"{server.url}/v1/jobs/ib/9", timeout=10).json()["network"]
+    assert network["tx_bytes"] is None and network["tx_packets"] is None and network["rx_bytes"] is None
+    assert network["unknown_seconds"] >= 2 and network["per_node"][0]["mean_tx_gbps"] is None
+    assert network["cnp_handled"] is not None  # hw_counters are 64-bit or wrap: still known
+
+
 # -- collector and reports: a span whose bytes are unknown is null, never a lower bound ------------
 
 HOUR_S = 3600 * 490_000

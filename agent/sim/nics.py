@@ -90,6 +90,7 @@ class SimulatedPorts:
         self.traffic = NodeTraffic(spec, node_name)
         self.clock, self.epoch_s = clock, epoch_s
         self.nics, self.rate_gbps = spec.node(node_name).nics, spec.node(node_name).nic_rate_gbps
+        self.counter_bits = spec.node(node_name).nic_counter_bits
         shm = Path("/dev/shm")  # tmpfs, like sysfs: no disk writes every second
         self.root = Path(tempfile.mkdtemp(prefix="gpuledger-sim-sysfs-", dir=shm if shm.is_dir() else None))
         self._down: list[bool | None] = [None] * self.nics
@@ -117,7 +118,10 @@ class SimulatedPorts:
                 _put(f"{port}/phys_state", "3: Disabled" if down else "5: LinkUp")
                 _put(f"{port}/rate", f"{self.rate_gbps:g} Gb/sec (4X NDR)")
             for name, relpath in FILES.items():
-                _put(f"{port}/{relpath}", str(totals[name]))
+                value = totals[name]
+                if name in PMA_FILES and self.counter_bits == 32:
+                    value = min(value, 2**32 - 1)  # a PMA counter saturates, never wraps
+                _put(f"{port}/{relpath}", str(value))
 
     def read(self) -> list[PortReading]:
         whole = max(math.floor(self.clock.now() - self.epoch_s), 0)

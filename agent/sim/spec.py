@@ -16,6 +16,7 @@ memory_gib = 80
 energy_counter = true        # false: a GPU without NVML's energy counter
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
+nic_counter_bits = 64        # 32: counters/ without the extended width: they stop at 2**32 - 1
 
 [[jobs]]
 id = "1001"
@@ -71,6 +72,7 @@ class NodeSpec:
     datacenter: str | None = None
     nics: int = 0
     nic_rate_gbps: float = 400.0
+    nic_counter_bits: int = 64  # 32: PMA counters without the extended width, that saturate
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,15 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         datacenter=_get(table, where, "datacenter", str, None),
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
+        nic_counter_bits=_counter_bits(table, where),
     )
+
+
+def _counter_bits(table: dict[str, Any], where: str) -> int:
+    bits = _get(table, where, "nic_counter_bits", int, 64)
+    if bits not in (32, 64):
+        raise SpecError(f"{where}.nic_counter_bits = {bits}: expected 32 or 64")
+    return int(bits)
 
 
 def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSpec:
