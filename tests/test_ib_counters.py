@@ -434,3 +434,14 @@ def test_spool_merge_keeps_an_unknown_counter_unknown() -> None:
     assert record["unknown_seconds"] == 4.0 and record["seconds"] == 20.0
     clean, _ = merge_batches(older, net_batch(1, HOUR_S + 10, {"tx_bytes": 1.0}))
     assert "unknown_seconds" not in clean["network"][0]
+
+
+def test_spec_counter_bits_and_clear_event_are_checked() -> None:
+    from agent.sim.spec import SpecError
+
+    node = {"name": "n", "gpu_count": 1, "model": "m", "idle_w": 1.0, "busy_w": 2.0, "nics": 2}
+    with pytest.raises(SpecError, match=r"nodes\[0\]\.nic_counter_bits = 16: expected 32 or 64"):
+        parse_spec({"nodes": [node | {"nic_counter_bits": 16}]})
+    with pytest.raises(SpecError, match=r"events\[0\]\.nic = 2: not a NIC index of node 'n'"):
+        parse_spec({"nodes": [node], "events": [{"kind": "counter_clear", "node": "n", "nic": 2, "at_s": 1}]})
+    assert parse_spec({"nodes": [node | {"nic_counter_bits": 32}]}).nodes[0].nic_counter_bits == 32
