@@ -54,9 +54,9 @@ def _serve_metrics(agent: Agent, address: str, port: int) -> Any:
 def agent_command(
     collector: Annotated[str, typer.Option(envvar="GPULEDGER_COLLECTOR", help="Collector base URL.")] = "http://127.0.0.1:8080",
     token: Annotated[str | None, typer.Option(envvar="GPULEDGER_TOKEN", help="This node's token (`gpuledger token create --node NAME`).")] = None,
-    node: Annotated[str | None, typer.Option(envvar="GPULEDGER_NODE", help="Node name [default: hostname].")] = None,
-    cluster: Annotated[str | None, typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped [default: 'default', or the spec's].")] = None,
-    datacenter: Annotated[str | None, typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity [default: 'default', or the spec's].")] = None,
+    node: Annotated[str | None, typer.Option(envvar="GPULEDGER_NODE", help="Node name \\[default: hostname].")] = None,
+    cluster: Annotated[str | None, typer.Option(envvar="GPULEDGER_CLUSTER", help="Cluster label; job ids are cluster-scoped \\[default: 'default', or the spec's].")] = None,
+    datacenter: Annotated[str | None, typer.Option(envvar="GPULEDGER_DATACENTER", help="Datacenter label, used for PUE and grid intensity \\[default: 'default', or the spec's].")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
     push_interval: Annotated[float, typer.Option(help="Seconds between batches sent to the collector.")] = 10.0,
     job_mapping_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_JOB_MAPPING_DIR", help="dcgm-exporter style job-mapping directory (one file per GPU index).")] = None,
@@ -65,7 +65,7 @@ def agent_command(
     state_dir: Annotated[Path | None, typer.Option(envvar="GPULEDGER_STATE_DIR", help="Disk spool of unacknowledged batches and the last counter readings (survives restarts); without it batches wait in memory only.")] = None,
     spool_max_mb: Annotated[float, typer.Option(help="Spool size at which its oldest batches are merged into coarser ones (nothing is dropped).")] = 256.0,
     simulate: Annotated[Path | None, typer.Option(help="Simulate the node from this TOML spec instead of reading NVML.")] = None,
-    sim_epoch: Annotated[float | None, typer.Option(help="Unix time the simulation's offsets count from [default: now].")] = None,
+    sim_epoch: Annotated[float | None, typer.Option(help="Unix time the simulation's offsets count from \\[default: now].")] = None,
     metrics_port: Annotated[int, typer.Option(envvar="GPULEDGER_METRICS_PORT", help="Port of the agent's Prometheus /metrics; 0 turns it off.")] = DEFAULT_PORT,
     metrics_address: Annotated[str, typer.Option(envvar="GPULEDGER_METRICS_ADDRESS", help="Address /metrics listens on.")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -89,7 +89,8 @@ def agent_command(
 
         try:
             spec = load_spec(simulate)
-            sim = SimulatedNode(spec, node, clock, sim_epoch if sim_epoch is not None else time.time())
+            follow = JobMappingDir(job_mapping_dir) if job_mapping_dir is not None else None  # run the scheduler's jobs
+            sim = SimulatedNode(spec, node, clock, sim_epoch if sim_epoch is not None else time.time(), follow)
         except SpecError as exc:
             _fail(str(exc))
         announce()

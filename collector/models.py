@@ -72,6 +72,23 @@ class Job(TableModel, table=True):
     total_steps: float | None = None
     expected_end_s: float | None = None
     progress_at_s: float | None = None
+    release: str | None = Field(default=None, max_length=256, index=True)  # model-card group, e.g. llama-2
+    source: str = Field(default="agent", max_length=16, sa_column_kwargs={"server_default": "agent"})  # or "declared"
+    # Set by the scheduler's lifecycle events (collector.scheduler): its metadata wins over
+    # what an agent inferred, and its end time over the silence timeout.
+    scheduler: str | None = Field(default=None, max_length=32)
+    partition: str | None = Field(default=None, max_length=256)
+    qos: str | None = Field(default=None, max_length=256)
+    array_job_id: str | None = Field(default=None, max_length=128)
+    array_task_id: str | None = Field(default=None, max_length=128)
+    het_job_id: str | None = Field(default=None, max_length=128)
+    het_job_offset: str | None = Field(default=None, max_length=128)
+    node_list: str | None = Field(default=None, max_length=4096)
+    alloc_gpus: int | None = None
+    scheduler_state: str | None = Field(default=None, max_length=64)
+    exit_code: str | None = Field(default=None, max_length=64)
+    scheduler_started_s: float | None = None
+    scheduler_ended_s: float | None = None
 
 
 class JobHour(TableModel, table=True):
@@ -86,6 +103,8 @@ class JobHour(TableModel, table=True):
     busy_gpu_seconds: float
     energy_j: float
     energy_counter_j: float  # the part of energy_j measured by the hardware counter
+    energy_declared_j: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # declared on import
+    energy_estimated_j: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # GPU-hours × TDP on import
 
 
 class JobGpu(TableModel, table=True):
@@ -149,3 +168,23 @@ class GridMarginalIntensity(TableModel, table=True):
     source: str = Field(max_length=64)
     estimated: bool = False
     updated_at_s: float
+
+
+class DeclaredUsage(TableModel, table=True):
+    """Usage declared by import (`gpuledger import`, `POST /v1/usage/declared`), one row per
+    (job, datacenter, GPU model, start, end): a re-import replaces its row, so it is idempotent.
+    The job's hourly rollups are derived from its rows."""
+
+    __tablename__ = "declared_usage"
+    __table_args__ = (Index("ix_declared_usage_job_id", "job_id"),)
+    row_key: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(max_length=300)
+    datacenter: str = Field(max_length=128)
+    gpu_model: str = Field(max_length=128)
+    start_s: float
+    end_s: float
+    gpu_seconds: float
+    energy_j: float
+    energy_source: str = Field(max_length=16)  # "declared" or "tdp_estimate"
+    power_w: float | None = None  # the power the estimate used
+    imported_at_s: float

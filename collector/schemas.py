@@ -97,6 +97,7 @@ class JobIn(Strict):
     account: Text | None = None
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     budget_co2e_kg: Annotated[float, Field(ge=0)] | None = None
+    release: Text | None = None  # GPULEDGER_RELEASE in the job's environment
 
 
 class BatchIn(Strict):

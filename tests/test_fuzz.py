@@ -18,7 +18,10 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 def fuzz(url: str, mode: str, examples: int) -> tuple[int, str]:
     result = subprocess.run(
         [SCHEMATHESIS, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--mode", mode,
-         "-n", str(examples), "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--no-color"],
+         "-n", str(examples), "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--no-color",
+         # Jobs that valid scheduler events create have ids with a slash (<cluster>/<id>); schemathesis
+         # reuses them for {job_id} and then filters the path values it cannot place: not an API defect.
+         "--suppress-health-check=filter_too_much"],
         capture_output=True, text=True, timeout=600,
     )
     generated = re.search(r"(\d+) generated", result.stdout)

@@ -17,6 +17,7 @@ energy_counter = true        # false: a GPU without NVML's energy counter
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
 nic_counter_bits = 64        # 32: counters/ without the extended width: they stop at 2**32 - 1
+mapped_utilization = 0.9     # with --job-mapping-dir: a GPU the scheduler's mapping names runs at this
 
 [[jobs]]
 id = "1001"
@@ -73,6 +74,7 @@ class NodeSpec:
     nics: int = 0
     nic_rate_gbps: float = 400.0
     nic_counter_bits: int = 64  # 32: PMA counters without the extended width, that saturate
+    mapped_utilization: float = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class JobSpec:
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
     pid: int | None = None  # a host PID: NVML lists it on the job's GPUs and /proc (--proc-root) names the job
+    release: str | None = None  # as GPULEDGER_RELEASE in the job's environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,13 @@ def _number(table: dict[str, Any], where: str, key: str, default: Any = ..., low
     return value
 
 
+def _fraction(table: dict[str, Any], where: str, key: str, default: float) -> float:
+    value = _number(table, where, key, default)
+    if value > 1:
+        raise SpecError(f"{where}.{key} = {value}: expected a fraction between 0 and 1")
+    return value
+
+
 def _node(table: dict[str, Any], where: str) -> NodeSpec:
     idle_w = _number(table, where, "idle_w")
     busy_w = _number(table, where, "busy_w")
@@ -155,6 +165,7 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
         nic_counter_bits=_counter_bits(table, where),
+        mapped_utilization=_fraction(table, where, "mapped_utilization", 0.9),
     )
 
 
@@ -178,9 +189,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
     end_s = _number(table, where, "end_s") if "end_s" in table else math.inf
     if end_s <= start_s:
         raise SpecError(f"{where}.end_s = {end_s}: expected > start_s ({start_s})")
-    utilization = _number(table, where, "utilization", 0.9)
-    if utilization > 1:
-        raise SpecError(f"{where}.utilization = {utilization}: expected a fraction between 0 and 1")
+    utilization = _fraction(table, where, "utilization", 0.9)
     return JobSpec(
         id=str(_get(table, where, "id", (str, int))),
         nodes=job_nodes,
@@ -196,6 +205,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
         pid=int(_number(table, where, "pid", low=1)) if "pid" in table else None,
+        release=_get(table, where, "release", str, None),
     )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class Rates(BaseModel):
@@ -32,6 +33,10 @@ class Usage(BaseModel):
     co2e_kg: float = Field(description="Σ_hours facility_energy_kwh × grid intensity / 1000 (location-based).")
     market_co2e_kg: float | None = Field(description="Σ facility_energy_kwh × contractual factor / 1000; null if none.")
     embodied_co2e_kg: float = Field(description="Σ gpu_hours × embodied_kg_per_gpu_hour(model).")
+    embodied_gpu_co2e_kg: float | None = Field(
+        default=None, description="The GPUs' own part of embodied_co2e_kg; null where no source states the split.")
+    embodied_server_co2e_kg: float | None = Field(
+        default=None, description="The servers' part (their share per GPU); null where no source states the split.")
 
 
 class Progress(BaseModel):
@@ -60,25 +65,50 @@ class UsagePart(Usage):
     gpu_model: str
 
 
+class SchedulerInfo(BaseModel):
+    """What the scheduler said about the job (Slurm prolog/epilog); it wins over what agents inferred."""
+
+    name: str = Field(description="The scheduler, e.g. slurm.")
+    partition: str | None
+    qos: str | None
+    array_job_id: str | None
+    array_task_id: str | None
+    het_job_id: str | None
+    het_job_offset: str | None
+    node_list: str | None = Field(description="The job's nodes as the scheduler writes them.")
+    alloc_gpus: int | None = Field(description="GPUs allocated, all nodes together.")
+    state: str | None = Field(description="The scheduler's final state: COMPLETED, FAILED, CANCELLED, TIMEOUT, ...")
+    exit_code: str | None
+    started_at: datetime | None
+    ended_at: datetime | None = Field(description="The scheduler's end time; the job's ended_at when set.")
+
+
 class JobSummary(Usage):
     job_id: str = Field(description="Cluster-scoped id: <cluster>/<job id>.")
     cluster: str = Field(description="The cluster label the agents report (`--cluster`).")
     name: str | None = Field(description="Job name, from the job's environment (Slurm, or GPULEDGER_JOB_NAME).")
     user: str | None = Field(description="Job owner, from the job's environment.")
     account: str | None = Field(description="Account charged; scoped reader tokens see only theirs.")
-    state: str = Field(description="running, or ended after the configured silence.")
+    state: str = Field(description="running, or ended: at the scheduler's end (Slurm epilog), else after the configured silence.")
     started_at: datetime = Field(description="First data seen (UTC).")
     last_seen_at: datetime = Field(description="Last data seen (UTC).")
     ended_at: datetime | None = Field(description="When the job was marked ended (UTC); null while running.")
     nodes: int = Field(description="Distinct nodes the job has run on.")
     gpus: int = Field(description="Distinct GPUs the job has run on.")
     energy_measured_fraction: float | None = Field(
-        description="Share of energy_kwh from NVML's energy counter; the rest is estimated from power."
+        description="Share of the GPU energy from NVML's energy counter; the rest is declared or estimated."
     )
+    energy_declared_fraction: float | None = Field(
+        default=None, description="Share of the GPU energy declared with imported usage (`gpuledger import`).")
+    energy_tdp_estimated_fraction: float | None = Field(
+        default=None, description="Share of the GPU energy estimated from GPU-hours × TDP (imported usage without energy).")
+    release: str | None = Field(default=None, description="Release label grouping jobs into a model card.")
+    source: str = Field(default="agent", description="agent (measured) or declared (imported usage).")
     budget: Budget
     network_congestion: str | None = Field(
         default=None, description="The network report's verdict: none, moderate, heavy or unknown; null without NIC data."
     )
+    scheduler: SchedulerInfo | None = Field(default=None, description="The scheduler's metadata; null if none reported the job.")
 
 
 class NetworkNode(BaseModel):
@@ -126,6 +156,10 @@ class JobReport(JobSummary):
     as_of: datetime = Field(description="When the report was computed; data lags by at most two push intervals.")
     rates: Rates = Field(description="Every rate applied, so the arithmetic can be checked; a rate that changed "
                                      "over the job's hours is given as its effective value.")
+    rate_sources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Where each rate came from: config, hourly series, static country figure "
+        "or built-in default (same keys as rates).")
+    defaults_used: list[str] = Field(default_factory=list, description="Rates priced with a built-in default.")
     breakdown: list[UsagePart] = Field(description="The totals per (datacenter, GPU model).")
     network: NetworkReport | None = Field(description="RoCE traffic and congestion; null without NIC data.")
 
@@ -156,6 +190,12 @@ class BudgetIn(BaseModel):
     co2e_kg: float | None = Field(default=None, ge=0)
 
 
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    release: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        description="Release label, e.g. llama-2; null clears it.")
+
+
 class GpuSeries(BaseModel):
     """One value per bucket, oldest first: hours from the rollups, then the last hours in finer buckets."""
 
@@ -178,10 +218,10 @@ class NetworkSeries(BaseModel):
 
     start_s: list[float]
     end_s: list[float]
-    tx_gbps: list[float | None] = Field(description="Mean of the job's nodes together over the hour.")
-    rx_gbps: list[float | None]
-    peak_tx_gbps: list[float] = Field(description="Highest one node's throughput between two samples.")
-    peak_rx_gbps: list[float]
+    job_tx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    job_rx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    node_peak_tx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
+    node_peak_rx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
     cnp_handled_per_s: list[float | None] = Field(description="Per node-second.")
     retransmits_per_gb: list[float | None] = Field(description="Per GB sent.")
     congestion: list[str] = Field(description="none, moderate, heavy or unknown, as in the job's network report.")

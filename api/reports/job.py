@@ -36,11 +36,26 @@ def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConf
         priced = price(usage.get(job["job_id"], []), config, job["cluster"], hourly)
         reports.append({
             "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
-            "account": job["account"], "state": job["state"], "started_at": _at(job["first_seen_s"]),
+            "account": job["account"], "release": job.get("release"), "source": job.get("source") or "agent",
+            "state": job["state"], "started_at": _at(job["first_seen_s"]),
             "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
             "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),
+            "scheduler": scheduler_info(job),
         })
     return reports
+
+
+SCHEDULER_FIELDS = ("partition", "qos", "array_job_id", "array_task_id", "het_job_id", "het_job_offset",
+                    "node_list", "alloc_gpus", "exit_code")
+
+
+def scheduler_info(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The scheduler's metadata of a job row, or None when no scheduler reported it."""
+    if not job.get("scheduler"):
+        return None
+    return {"name": job["scheduler"], **{name: job.get(name) for name in SCHEDULER_FIELDS},
+            "state": job.get("scheduler_state"), "started_at": _at(job.get("scheduler_started_s")),
+            "ended_at": _at(job.get("scheduler_ended_s"))}
 
 
 def now() -> datetime:

@@ -41,6 +41,8 @@ COUNTERS = (
     ("gpuledger_job_energy_joules", "GPU board energy", "energy_j"),
     ("gpuledger_job_cost_dollars", "Cost in USD with the rates applied", "cost_usd"),
     ("gpuledger_job_co2e_grams", "Location-based CO2e", "co2e_g"),
+    ("gpuledger_job_market_co2e_grams", "Market-based CO2e (datacenters with a contractual factor)", "market_co2e_g"),
+    ("gpuledger_job_embodied_co2e_grams", "Embodied (manufacturing) CO2e amortised per GPU-hour", "embodied_co2e_g"),
     ("gpuledger_job_network_transmitted_bytes", "RDMA bytes sent", "tx_bytes"),
     ("gpuledger_job_network_received_bytes", "RDMA bytes received", "rx_bytes"),
 )
@@ -74,8 +76,11 @@ def _priced(rows: list[UsageRow], config: LedgerConfig, cluster: str, hourly: Ho
     if not rows:
         return {}
     sums = price_sums(rows, config, cluster, hourly, fixed)
-    return {"gpu_seconds": sums["gpu_seconds"], "busy_gpu_seconds": sums["busy_gpu_seconds"], "energy_j": sums["energy_j"],
-            "cost_usd": sums["cost_usd"], "co2e_g": sums["co2e_kg"] * 1000}
+    totals = {"gpu_seconds": sums["gpu_seconds"], "busy_gpu_seconds": sums["busy_gpu_seconds"], "energy_j": sums["energy_j"],
+              "cost_usd": sums["cost_usd"], "co2e_g": sums["co2e_kg"] * 1000, "embodied_co2e_g": sums["embodied_co2e_kg"] * 1000}
+    if "market_co2e_kg" in sums:
+        totals["market_co2e_g"] = sums["market_co2e_kg"] * 1000
+    return totals
 
 
 _USAGE = (hours_t.c.job_id, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model, hours_t.c.gpu_seconds,

@@ -1,15 +1,15 @@
 """network spans whose counter increase is unknown; a separate marginal (MOER) intensity series
 
-Revision ID: 0006_unknown_moer
-Revises: 0005
+Revision ID: 0008_unknown_moer
+Revises: 0007_scheduler
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_unknown_moer'
-down_revision = '0005'
+revision = '0008_unknown_moer'
+down_revision = '0007_scheduler'
 branch_labels = None
 depends_on = None
 
