@@ -384,8 +384,8 @@ def test_unknown_span_is_null_in_the_jobs_network_totals_and_its_hour(engine) ->
     assert report["unknown_seconds"] == 4.0 and report["cnp_handled"] == 12.0 and report["node_seconds"] == 20.0
     columns = network_series(engine, {"job_id": "c1/1", "first_seen_s": HOUR_S - 100, "last_seen_s": HOUR_S + 110,
                                       "ended_s": None})
-    assert columns["tx_gbps"][0] == pytest.approx(1e9 * 8 / 1e9 / 10) and columns["tx_gbps"][1] is None
-    assert columns["rx_gbps"][1] is None  # the hour's received bytes are partly unknown too (one flag per span)
+    assert columns["job_tx_gbps"][0] == pytest.approx(1e9 * 8 / 1e9 / 10) and columns["job_tx_gbps"][1] is None
+    assert columns["job_rx_gbps"][1] is None  # the hour's received bytes are partly unknown too (one flag per span)
 
 
 def test_unknown_seconds_beyond_the_interval_is_refused() -> None:

@@ -97,7 +97,7 @@ def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hour
         "facility_energy_kwh": facility, "cost_usd": cost, "co2e_kg": facility * intensity / 1000,
         "market_co2e_kg": None if dc.market_g_per_kwh is None else facility * dc.market_g_per_kwh / 1000,
         "embodied_co2e_kg": gpu_hours * fixed.embodied_kg_per_gpu_hour,
-        "hourly_facility": facility if series is not None else 0.0,
+        "hourly_facility_kwh": facility if series is not None else 0.0,
         **_embodied_parts(gpu_hours, fixed.embodied_split),
     }
 
