@@ -2,12 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
 from sqlalchemy import Engine
 
 from api.accounting.network import congestion, network_report
+from api.accounting.rates import LedgerConfig
 from api.http.auth import Principal, ReaderDep, can_see, scoped_account
 from api.http.deps import ConfigDep, EngineDep
+from api.http.etag import NOT_MODIFIED, json_or_not_modified
 from api.http.schemas import JobPage, JobReport
 from api.queries import jobs as reads
 from api.reports.job import build_reports, now
@@ -15,8 +18,9 @@ from api.reports.job import build_reports, now
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/v1/jobs", response_model=JobPage)
+@router.get("/v1/jobs", response_model=JobPage, responses=NOT_MODIFIED)
 def list_jobs(
+    request: Request,
     engine: EngineDep,
     config: ConfigDep,
     principal: ReaderDep,
@@ -25,14 +29,14 @@ def list_jobs(
     account: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobPage:
-    """Jobs, newest first, with live totals."""
+) -> Response:
+    """Jobs, newest first, with live totals. Send the last answer's ETag in If-None-Match to get 304 when unchanged."""
     jobs, total = reads.list_jobs(engine, state=state, user=user, account=scoped_account(principal, account), limit=limit, offset=offset)
     items = build_reports(engine, jobs, config)
     networks = reads.network_by_job(engine, [job["job_id"] for job in jobs])
     for item in items:
         item["network_congestion"] = congestion(networks.get(item["job_id"], []))
-    return JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now())
+    return json_or_not_modified(request, JobPage(items=items, total=total, limit=limit, offset=offset, as_of=now()))
 
 
 def visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, Any]:
@@ -44,10 +48,15 @@ def visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, 
     return job
 
 
-@router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
-def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
-    """One job's report, with every rate applied so the arithmetic can be checked."""
+def job_report(engine: Engine, config: LedgerConfig, job_id: str, principal: Principal) -> JobReport:
     job = visible_job(engine, job_id, principal)
     (report,) = build_reports(engine, [job], config)
     network = network_report(reads.network(engine, job_id))
     return JobReport(**report, as_of=now(), network=network, network_congestion=None if network is None else network["congestion"])
+
+
+@router.get("/v1/jobs/{job_id:path}", response_model=JobReport, responses=NOT_MODIFIED)
+def get_job(request: Request, job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> Response:
+    """One job's report, with every rate applied so the arithmetic can be checked. Send the last
+    answer's ETag in If-None-Match to get 304 when nothing changed."""
+    return json_or_not_modified(request, job_report(engine, config, job_id, principal))

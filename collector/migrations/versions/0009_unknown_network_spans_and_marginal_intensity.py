@@ -1,15 +1,15 @@
 """network spans whose counter increase is unknown; a separate marginal (MOER) intensity series
 
-Revision ID: 0008_unknown_moer
-Revises: 0007_scheduler
+Revision ID: 0009_unknown_moer
+Revises: 0008_storage_tiers
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008_unknown_moer'
-down_revision = '0007_scheduler'
+revision = '0009_unknown_moer'
+down_revision = '0008_storage_tiers'
 branch_labels = None
 depends_on = None
 
