@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from agent.cgroup import kube_pod_uid, parse_cgroup, slurm_job_id
 from agent.gpu import GpuSample
 
 
@@ -86,8 +87,6 @@ class JobMappingDir:
         return {index: tuple(jobs) for index, jobs in found.items() if jobs}
 
 
-_SLURM_CGROUP = re.compile(r"/job_(\d+)(?:/|$)")
-_KUBE_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 
 
 def job_from_environ(env: Mapping[str, str]) -> JobRef | None:
@@ -117,11 +116,13 @@ def _amount(env: Mapping[str, str], name: str) -> float | None:
 
 
 def job_from_cgroup(text: str) -> JobRef | None:
-    """A job from ``/proc/<pid>/cgroup``: Slurm's ``job_<id>`` or a Kubernetes pod uid."""
-    if match := _SLURM_CGROUP.search(text):
-        return JobRef(match.group(1))
-    if match := _KUBE_POD.search(text):
-        return JobRef("pod-" + match.group(1).replace("_", "-"))
+    """A job from ``/proc/<pid>/cgroup``, parsed per line (v1, v2, hybrid; ``agent.cgroup``):
+    Slurm's ``job_<id>``, else a Kubernetes pod uid as ``pod-<uid>``."""
+    lines = parse_cgroup(text)
+    if job_id := slurm_job_id(lines):
+        return JobRef(job_id)
+    if uid := kube_pod_uid(lines):
+        return JobRef("pod-" + uid)
     return None
 
 

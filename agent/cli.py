@@ -165,7 +165,7 @@ def agent_command(
         cluster, datacenter = cluster or spec.cluster, datacenter or spec.node(node).datacenter or spec.datacenter
     else:
         source = NvmlSource()
-        ports = RdmaPorts(sysfs_root)
+        ports = RdmaPorts(sysfs_root, slow_every=max(1, round(push_interval / interval)))  # error counters once a push
     labels = NodeLabels(node, cluster or "default", datacenter or "default")
     try:
         source.open()  # NVML first: a node without it gets one line, and no state directory

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.attribution import Owners
-from agent.roce import PortReading, link_up, port_deltas
+from agent.roce import PortReading, link_up, port_deltas, unknown_increases
 
 # Wire name -> the port counters summed into it.
 NETWORK_COUNTERS: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,7 @@ NETWORK_COUNTERS: dict[str, tuple[str, ...]] = {
     "out_of_sequence": ("out_of_sequence",),
     "timeouts": ("local_ack_timeout_err",),
 }
+_SOURCES = frozenset(name for names in NETWORK_COUNTERS.values() for name in names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class NodeStep:
 
     seconds: float
     ports: int
-    counters: dict[str, float]  # only counters some port reported
+    counters: dict[str, float | None]  # only counters some port reported; None: a port's increase unknown
     peak_tx_gbps: float
     peak_rx_gbps: float
     peak_link_util_pct: float | None
@@ -47,9 +48,10 @@ def node_step(
     increases: dict[tuple[str, int], dict[str, int | None]] | None = None,
 ) -> NodeStep:
     """The node's fabric from ``prev`` to ``cur``; ``increases``: the ports' counter increases
-    when the caller has them already (``PortTotals.add``), else computed here."""
+    when the caller has them already (``PortTotals.add``), else computed here. A counter whose
+    increase on any port is unknown (a saturated PMA counter) is None for the node's step."""
     before = {(p.device, p.port): p for p in prev}
-    counters: dict[str, float] = {}
+    counters: dict[str, float | None] = {}
     tx_gbps = rx_gbps = 0.0
     util_pct: float | None = None
     down = 0
@@ -60,10 +62,14 @@ def node_step(
         if old is None:
             continue
         deltas = increases[(port.device, port.port)] if increases is not None else port_deltas(old, port)
+        missing = any(deltas.get(n) is None and port.raw.get(n) is not None for n in _SOURCES)
+        unknown = unknown_increases(old, port, deltas) if missing else frozenset()
         for wire, names in NETWORK_COUNTERS.items():
             values = [v for n in names if (v := deltas.get(n)) is not None]
-            if values:
-                counters[wire] = counters.get(wire, 0.0) + sum(values)
+            if unknown.intersection(names):
+                counters[wire] = None
+            elif values and (wire not in counters or counters[wire] is not None):
+                counters[wire] = (counters.get(wire) or 0.0) + sum(values)
         port_tx = (deltas.get("tx_bytes") or 0) * 8 / seconds / 1e9
         port_rx = (deltas.get("rx_bytes") or 0) * 8 / seconds / 1e9
         tx_gbps, rx_gbps = tx_gbps + port_tx, rx_gbps + port_rx
@@ -89,7 +95,8 @@ class NetworkInterval:
     end_s: float
     ports: int = 0
     seconds: float = 0.0
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float | None] = field(default_factory=dict)  # None: unknown over part of the interval
+    unknown_seconds: float = 0.0  # seconds of the interval in which some counter's increase was unknown
     apportioned_bytes: float = 0.0
     peak_tx_gbps: float = 0.0
     peak_rx_gbps: float = 0.0
@@ -97,12 +104,15 @@ class NetworkInterval:
     link_down_port_seconds: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "job": self.job, "start_s": self.start_s, "end_s": self.end_s, "ports": self.ports,
             "seconds": self.seconds, "counters": self.counters, "apportioned_bytes": self.apportioned_bytes,
             "peak_tx_gbps": self.peak_tx_gbps, "peak_rx_gbps": self.peak_rx_gbps,
             "peak_link_util_pct": self.peak_link_util_pct, "link_down_port_seconds": self.link_down_port_seconds,
         }
+        if self.unknown_seconds:  # only then: a collector from before it still takes every other batch
+            wire["unknown_seconds"] = self.unknown_seconds
+        return wire
 
 
 @dataclass(slots=True)
@@ -119,9 +129,13 @@ class NetworkCutter:
             interval.ports = max(interval.ports, step.ports)
             interval.seconds += step.seconds
             for name, value in step.counters.items():
-                interval.counters[name] = interval.counters.get(name, 0.0) + value * share
+                known = interval.counters.get(name, 0.0)
+                interval.counters[name] = None if value is None or known is None else known + value * share
+            if None in step.counters.values():
+                interval.unknown_seconds += step.seconds
             if apportioned:
-                interval.apportioned_bytes += (step.counters.get("tx_bytes", 0) + step.counters.get("rx_bytes", 0)) * share
+                moved = (step.counters.get("tx_bytes") or 0) + (step.counters.get("rx_bytes") or 0)
+                interval.apportioned_bytes += moved * share
             interval.peak_tx_gbps = max(interval.peak_tx_gbps, step.peak_tx_gbps)
             interval.peak_rx_gbps = max(interval.peak_rx_gbps, step.peak_rx_gbps)
             if step.peak_link_util_pct is not None:

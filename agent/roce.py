@@ -15,55 +15,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-WRAP_32: Final = 2**32
-OCTETS_PER_DATA_UNIT: Final = 4  # port_xmit_data / port_rcv_data count 4-octet words
-
-DATA_COUNTERS: Final = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
-ERROR_COUNTERS: Final = ("tx_discards", "rx_errors", "symbol_errors", "link_downed")
-WAIT_COUNTERS: Final = ("xmit_wait",)
-PORT_COUNTERS: Final = DATA_COUNTERS + ERROR_COUNTERS + WAIT_COUNTERS
-CONGESTION_COUNTERS: Final = ("np_cnp_sent", "np_ecn_marked_roce_packets", "rp_cnp_handled", "rp_cnp_ignored")
-QUEUE_COUNTERS: Final = (
-    "out_of_sequence",
-    "packet_seq_err",
-    "local_ack_timeout_err",
-    "roce_adp_retrans",
-    "roce_adp_retrans_to",
-    "rx_write_requests",
-    "rx_read_requests",
-    "rx_atomic_requests",
-    "out_of_buffer",
-    "duplicate_request",
+from agent.ibcounters import (
+    ALL_COUNTERS,
+    CONGESTION_COUNTERS,
+    DATA_COUNTERS,
+    ERROR_COUNTERS,
+    ETH_COUNTERS,
+    FAST_COUNTERS,
+    FOUR_OCTET_COUNTERS,
+    HW_COUNTERS,
+    OCTETS_PER_DATA_UNIT,
+    PMA_COUNTERS,
+    PORT_COUNTERS,
+    QUEUE_COUNTERS,
+    WRAP_32,
+    counter_increase,
+    saturation_value,
 )
-HW_COUNTERS: Final = CONGESTION_COUNTERS + QUEUE_COUNTERS
-ETH_COUNTERS: Final = ("eth_tx_bytes", "eth_rx_bytes", "eth_tx_packets", "eth_rx_packets")
-ALL_COUNTERS: Final = PORT_COUNTERS + HW_COUNTERS + ETH_COUNTERS
-FOUR_OCTET_COUNTERS: Final = ("tx_bytes", "rx_bytes")
-# A decrease of one of these, with a value that fits 32 bits, is a 32-bit wrap. The IB
-# error counters (16/8-bit, saturating) are left out: for them a decrease is a clear.
-WRAP_32_COUNTERS: Final = DATA_COUNTERS + WAIT_COUNTERS + QUEUE_COUNTERS
+
+__all__ = [  # the counter tables live in agent.ibcounters; re-exported for readers of this module
+    "ALL_COUNTERS", "CONGESTION_COUNTERS", "DATA_COUNTERS", "ERROR_COUNTERS", "ETH_COUNTERS", "HW_COUNTERS",
+    "PORT_COUNTERS", "QUEUE_COUNTERS", "WRAP_32", "PortReading", "PortTotals", "RdmaPorts", "counter_increase",
+    "link_up", "parse_rate_gbps", "parse_state", "port_deltas", "read_net_statistics", "saturated_counters",
+    "unknown_increases",
+]
 
 _Source = tuple[str, bool]  # (path relative to the port directory, known 64-bit)
 
 
-def _wide_first(basename: str) -> tuple[_Source, ...]:
+def _data_sources(basename: str) -> tuple[_Source, ...]:
+    """Since Linux 4.5 ``counters/`` shows the 64-bit PortCountersExtended values where the HCA
+    has them; mlx4's older ``counters_ext/*_64`` files are read only when ``counters/`` lacks
+    the counter (node_exporter's mlx4 recording has counters_ext/port_rcv_packets_64 = 0 next
+    to counters/port_rcv_packets = 6825908347: the legacy file had stopped)."""
     return (
-        (f"counters_ext/{basename}_64", True),
         (f"counters/{basename}_64", True),
         (f"counters/{basename}", False),
+        (f"counters_ext/{basename}_64", True),
     )
 
 
 PORT_SOURCES: Final[dict[str, tuple[_Source, ...]]] = {
-    "tx_bytes": _wide_first("port_xmit_data"),
-    "rx_bytes": _wide_first("port_rcv_data"),
-    "tx_packets": _wide_first("port_xmit_packets"),
-    "rx_packets": _wide_first("port_rcv_packets"),
-    "tx_discards": (("counters/port_xmit_discards", False),),
-    "rx_errors": (("counters/port_rcv_errors", False),),
-    "symbol_errors": (("counters/symbol_error", False),),
-    "link_downed": (("counters/link_downed", False),),
-    "xmit_wait": (("counters/port_xmit_wait", False),),
+    name: _data_sources(basename) if name in DATA_COUNTERS else ((f"counters/{basename}", False),)
+    for name, (basename, _width) in PMA_COUNTERS.items()
 }
 
 
@@ -145,24 +139,29 @@ def _read_port_counter(port_dir: str, sources: tuple[_Source, ...]) -> tuple[int
     return None, False
 
 
-def _read_counters(port_dir: str, netdev: str | None, net_dir: str) -> tuple[dict[str, int | None], dict[str, bool]]:
-    raw: dict[str, int | None] = {}
-    wide: dict[str, bool] = {}
-    for name, sources in PORT_SOURCES.items():
-        raw[name], wide[name] = _read_port_counter(port_dir, sources)
-    for name in HW_COUNTERS:
-        raw[name] = _read_int(f"{port_dir}/hw_counters/{name}")
-        wide[name] = name in CONGESTION_COUNTERS
-    for name in ETH_COUNTERS:
-        stat = name.removeprefix("eth_")
-        raw[name] = None if netdev is None else _read_int(f"{net_dir}/{netdev}/statistics/{stat}")
-        wide[name] = True
+_Counters = tuple[dict[str, int | None], dict[str, bool]]
+
+
+def _read_counters(port_dir: str, netdev: str | None, net_dir: str, reuse: _Counters | None = None) -> _Counters:
+    """Every counter of the port; with ``reuse``, only FAST_COUNTERS, the rest from ``reuse``."""
+    raw: dict[str, int | None] = {} if reuse is None else dict(reuse[0])
+    wide: dict[str, bool] = {} if reuse is None else dict(reuse[1])
+    wanted = ALL_COUNTERS if reuse is None else FAST_COUNTERS
+    for name in wanted:
+        if name in PORT_SOURCES:
+            raw[name], wide[name] = _read_port_counter(port_dir, PORT_SOURCES[name])
+        elif name in HW_COUNTERS:
+            raw[name], wide[name] = _read_int(f"{port_dir}/hw_counters/{name}"), name in CONGESTION_COUNTERS
+        else:
+            stat = name.removeprefix("eth_")
+            raw[name] = None if netdev is None else _read_int(f"{net_dir}/{netdev}/statistics/{stat}")
+            wide[name] = True
     return raw, wide
 
 
-def _read_port(device: str, port: int, port_dir: str, net_dir: str) -> PortReading:
+def _read_port(device: str, port: int, port_dir: str, net_dir: str, reuse: _Counters | None = None) -> PortReading:
     netdev = _read_text(f"{port_dir}/gid_attrs/ndevs/0") or None
-    raw, wide = _read_counters(port_dir, netdev, net_dir)
+    raw, wide = _read_counters(port_dir, netdev, net_dir, reuse)
     return PortReading(
         device=device,
         port=port,
@@ -186,40 +185,38 @@ def _sorted_ports(ports_dir: str) -> list[int]:
 
 
 class RdmaPorts:
-    """Every port of every RDMA device under ``<sysfs_root>/class/infiniband``."""
+    """Every port of every RDMA device under ``<sysfs_root>/class/infiniband``. The counters a
+    job's network intervals need are read every time; the others (error counters, requests,
+    netdev statistics: about two thirds of the files) every ``slow_every``-th read, their last
+    values kept in between, so their increases arrive whole, a little later."""
 
-    def __init__(self, sysfs_root: str | Path = "/sys") -> None:
+    def __init__(self, sysfs_root: str | Path = "/sys", slow_every: int = 1) -> None:
+        if slow_every < 1:
+            raise ValueError(f"slow_every = {slow_every!r}: expected an integer >= 1")
         self._ib_dir = os.path.join(sysfs_root, "class", "infiniband")
         self._net_dir = os.path.join(sysfs_root, "class", "net")
+        self.slow_every, self._reads = slow_every, 0
+        self._last: dict[tuple[str, int], _Counters] = {}
 
     def read(self) -> list[PortReading]:
         try:
             devices = sorted(os.listdir(self._ib_dir))
         except OSError:  # no RDMA stack loaded
             return []
+        full, self._reads = self._reads % self.slow_every == 0, self._reads + 1
         readings: list[PortReading] = []
         for device in devices:
             ports_dir = f"{self._ib_dir}/{device}/ports"
             for port in _sorted_ports(ports_dir):
-                readings.append(_read_port(device, port, f"{ports_dir}/{port}", self._net_dir))
+                reuse = None if full else self._last.get((device, port))
+                reading = _read_port(device, port, f"{ports_dir}/{port}", self._net_dir, reuse)
+                self._last[(device, port)] = (reading.raw, reading.wide)
+                readings.append(reading)
         return readings
 
 
 def link_up(reading: PortReading) -> bool:
     return reading.state == "ACTIVE" and reading.phys_state == "LinkUp"
-
-
-def _may_wrap_32(name: str, wide: bool) -> bool:
-    return name in QUEUE_COUNTERS or (name in WRAP_32_COUNTERS and not wide)
-
-
-def counter_increase(name: str, before: int, after: int, wide: bool) -> int:
-    """Raw increase of one counter: plain, across a 32-bit wrap, or since a reset."""
-    if after >= before:
-        return after - before
-    if _may_wrap_32(name, wide) and before < WRAP_32:
-        return after + WRAP_32 - before
-    return after  # a 64-bit (or saturating) counter went down: reset, counted since then
 
 
 def _delta(name: str, prev: PortReading, cur: PortReading) -> int | None:
@@ -230,7 +227,29 @@ def _delta(name: str, prev: PortReading, cur: PortReading) -> int | None:
     if prev.wide.get(name, False) != wide:
         return None  # the source file changed width between readings: not comparable
     increase = counter_increase(name, before, after, wide)
+    if increase is None:
+        return None
     return increase * OCTETS_PER_DATA_UNIT if name in FOUR_OCTET_COUNTERS else increase
+
+
+def saturated_counters(reading: PortReading) -> frozenset[str]:
+    """The PMA counters of ``reading`` that sit at their maximum and so count no more."""
+    return frozenset(
+        name for name in PMA_COUNTERS
+        if (raw := reading.raw.get(name)) is not None and raw == saturation_value(name, reading.wide.get(name, False))
+    )
+
+
+def _unknown(name: str, delta: int | None, prev: PortReading, cur: PortReading) -> bool:
+    """A delta of None with both readings present and of one width: the increase is unknown."""
+    return (delta is None and prev.raw.get(name) is not None and cur.raw.get(name) is not None
+            and prev.wide.get(name, False) == cur.wide.get(name, False))
+
+
+def unknown_increases(prev: PortReading, cur: PortReading, deltas: dict[str, int | None] | None = None) -> frozenset[str]:
+    """Counters both readings have whose increase is unknown (saturated, or cleared after it)."""
+    deltas = port_deltas(prev, cur) if deltas is None else deltas
+    return frozenset(name for name, delta in deltas.items() if _unknown(name, delta, prev, cur))
 
 
 def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
@@ -245,10 +264,14 @@ def port_deltas(prev: PortReading, cur: PortReading) -> dict[str, int | None]:
 
 class PortTotals:
     """Each port's counters summed over the readings fed to it: monotonic across wraps and
-    resets, from the agent's start. A counter a port never reported stays absent."""
+    resets, from the agent's start. A counter a port never reported stays absent. An increase
+    that cannot be known (a saturated PMA counter) adds nothing and is counted in
+    ``unknown_increases``; ``saturated`` holds the counters at their maximum in the last reading."""
 
     def __init__(self) -> None:
         self.totals: dict[tuple[str, int], dict[str, int]] = {}
+        self.unknown_increases: dict[tuple[str, int], dict[str, int]] = {}
+        self.saturated: dict[tuple[str, int], frozenset[str]] = {}
         self._last: dict[tuple[str, int], PortReading] = {}
 
     def add(self, readings: list[PortReading]) -> dict[tuple[str, int], dict[str, int | None]]:
@@ -263,6 +286,10 @@ class PortTotals:
                 for name, delta in deltas.items():
                     if delta is not None:
                         totals[name] = totals.get(name, 0) + delta
+                unknown = self.unknown_increases.setdefault(key, {})
+                for name in unknown_increases(prev, cur, deltas):
+                    unknown[name] = unknown.get(name, 0) + 1
+            self.saturated[key] = saturated_counters(cur)
             for name, raw in cur.raw.items():
                 if raw is not None:
                     totals.setdefault(name, 0)

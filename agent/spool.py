@@ -296,5 +296,12 @@ def _combine(a: Record, b: Record, kind: _Kind) -> Record | None:
         return None  # overlapping in time: the collector would refuse it
     if "counters" in a or "counters" in b:
         ca, cb = a.get("counters", {}), b.get("counters", {})
-        out["counters"] = {name: ca.get(name, 0.0) + cb.get(name, 0.0) for name in ca | cb}
+        out["counters"] = {name: _known_sum(ca.get(name, 0.0), cb.get(name, 0.0)) for name in ca | cb}
+    if "unknown_seconds" in a or "unknown_seconds" in b:  # network: seconds with a counter's increase unknown
+        out["unknown_seconds"] = a.get("unknown_seconds", 0.0) + b.get("unknown_seconds", 0.0)
     return out
+
+
+def _known_sum(a: float | None, b: float | None) -> float | None:
+    """A network counter over two records; None (unknown over part of them) stays None."""
+    return None if a is None or b is None else a + b

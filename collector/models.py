@@ -194,12 +194,28 @@ class JobNetHour(TableModel, table=True):
     peak_rx_gbps: float
     peak_link_util_pct: float | None = None
     link_down_port_seconds: float
+    # Node-seconds in which a port's data counter increase was unknown (a saturated 32-bit PMA
+    # counter): the hour's byte and packet counts are then only a lower bound, reported null.
+    unknown_seconds: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
 
 
 class GridIntensity(TableModel, table=True):
     """Hourly grid carbon intensity per region (imported or fetched from a provider)."""
 
     __tablename__ = "grid_intensity"
+    region: str = Field(primary_key=True, max_length=128)
+    hour_s: int = Field(primary_key=True, sa_type=BigInteger)
+    g_per_kwh: float
+    source: str = Field(max_length=64)
+    estimated: bool = False
+    updated_at_s: float
+
+
+class GridMarginalIntensity(TableModel, table=True):
+    """Hourly *marginal* emission rate per region (WattTime co2_moer): the CO2e a change in load
+    causes, for what-if and load shifting; never used to account for a job's CO2e."""
+
+    __tablename__ = "grid_marginal_intensity"
     region: str = Field(primary_key=True, max_length=128)
     hour_s: int = Field(primary_key=True, sa_type=BigInteger)
     g_per_kwh: float

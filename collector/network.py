@@ -13,15 +13,17 @@ from collector.pieces import job_key, split_by_hour
 from collector.schemas import NETWORK_COUNTER_NAMES, BatchIn
 
 net_hours_t = JobNetHour.__table__
-SUMMED = ("seconds", "apportioned_bytes", "link_down_port_seconds")
+SUMMED = ("seconds", "apportioned_bytes", "link_down_port_seconds", "unknown_seconds")
 PEAKS = ("peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
 
 
 def _network_rows(batches: list[BatchIn]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
     for batch, interval in ((b, n) for b in batches for n in b.network):
-        names = SUMMED + tuple(n for n in NETWORK_COUNTER_NAMES if n in interval.counters)
-        values = [float(getattr(interval, n)) if n in SUMMED else interval.counters[n] for n in names]
+        # A null counter (unknown over the interval) adds nothing; unknown_seconds marks the hour.
+        known = {n: v for n in NETWORK_COUNTER_NAMES if (v := interval.counters.get(n)) is not None}
+        names = SUMMED + tuple(known)
+        values = [float(getattr(interval, n)) for n in SUMMED] + list(known.values())
         job = job_key(batch.cluster, interval.job)
         for hour, share in split_by_hour(interval.start_s, interval.end_s, values):
             row = rows.setdefault((job, hour, batch.node), _empty_row(job, hour, batch.node))

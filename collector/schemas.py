@@ -78,16 +78,21 @@ class NetworkIn(Strict):
     end_s: Seconds
     ports: int = Field(ge=0, le=256)
     seconds: Seconds
-    counters: dict[NetworkCounter, Annotated[float, Field(ge=0)]]
+    counters: dict[NetworkCounter, Annotated[float, Field(ge=0)] | None] = Field(
+        description="Summed over the node's ports; null when a port's increase is unknown (a saturated counter)."
+    )
     apportioned_bytes: Seconds
     peak_tx_gbps: Annotated[float, Field(ge=0, le=100_000)]
     peak_rx_gbps: Annotated[float, Field(ge=0, le=100_000)]
     peak_link_util_pct: Annotated[float, Field(ge=0)] | None = None
     link_down_port_seconds: Seconds = 0.0
+    unknown_seconds: Seconds = Field(default=0.0, description="Seconds in which some counter's increase was unknown.")
 
     @model_validator(mode="after")
     def _consistent(self) -> NetworkIn:
         checked_span(self.start_s, self.end_s)
+        if self.unknown_seconds > self.seconds * (1 + 1e-9):
+            raise ValueError(f"unknown_seconds = {self.unknown_seconds}: expected at most seconds = {self.seconds}")
         return self
 
 

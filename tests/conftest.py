@@ -128,3 +128,15 @@ class CollectingPusher(Pusher):
             self.sent.append(batch)
             self.queue.ack(batch)
         return True
+
+
+def wait_for_job(url: str, job_id: str, timeout_s: float = 60.0) -> dict:
+    """The job's report once the server has it (an agent subprocess takes a while to start)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10)
+        if response.status_code == 200 and response.json()["gpu_hours"] > 0:
+            return response.json()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not reported within {timeout_s} s: {response.status_code} {response.text[:200]}")
+        time.sleep(0.25)

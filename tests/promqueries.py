@@ -62,6 +62,7 @@ METRICS = frozenset({
     "gpuledger_infiniband_np_ecn_marked_roce_packets_total", "gpuledger_infiniband_roce_adp_retrans_total",
     "gpuledger_infiniband_local_ack_timeout_err_total", "gpuledger_infiniband_out_of_sequence_total",
     "gpuledger_infiniband_port_up", "gpuledger_infiniband_rate_bytes_per_second",
+    "gpuledger_infiniband_counter_saturated",  # and label counter
     # agent: health (label node)
     "gpuledger_agent_info", "gpuledger_agent_nvml_errors_total", "gpuledger_agent_energy_counter_resets_total",
     "gpuledger_agent_gpus_lost", "gpuledger_agent_spool_batches", "gpuledger_agent_spool_bytes",

@@ -81,16 +81,18 @@ def test_gpu_readings_in_base_units(setup):
     assert one(got, "gpuledger_agent_info", node="n1", cluster="c", datacenter="dc", simulated="false") == 1
 
 
-def test_port_counters_are_bytes_across_a_32_bit_wrap_and_absent_when_missing(setup):
+def test_port_counters_are_bytes_after_a_clear_and_absent_when_missing(setup):
+    # The counter going down was read as a 32-bit wrap ((100 + 2**32 - before) * 4 bytes) here
+    # before: PMA counters never wrap, a decrease is a clear, counted from the new value.
     agent, _devices, clock, sysfs = setup
     agent.tick()
-    before = int((sysfs / XMIT).read_text())
-    (sysfs / XMIT).write_text("100\n")  # the 32-bit counter wrapped
+    assert int((sysfs / XMIT).read_text()) > 100
+    (sysfs / XMIT).write_text("100\n")  # cleared (perfquery -R), then 100 words sent
     clock.sleep(1.0)
     agent.tick()
     got = scrape(agent)
     port = {"node": "n1", "device": "mlx4_0", "port": "1"}
-    assert one(got, "gpuledger_infiniband_port_data_transmitted_bytes_total", **port) == (100 + 2**32 - before) * 4
+    assert one(got, "gpuledger_infiniband_port_data_transmitted_bytes_total", **port) == 100 * 4
     assert one(got, "gpuledger_infiniband_port_data_received_bytes_total", **port) == 0  # unchanged
     assert one(got, "gpuledger_infiniband_port_up", **port) == 1
     assert one(got, "gpuledger_infiniband_rate_bytes_per_second", **port) == pytest.approx(agent.snapshot.ports[0].rate_gbps * 1e9 / 8)

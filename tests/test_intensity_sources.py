@@ -40,9 +40,9 @@ def em_entry(hour: int, value: object = 312, estimated: bool = False) -> dict[st
             "updatedAt": "2026-11-26T10:47:13.523Z", "emissionFactorType": "lifecycle", "isEstimated": estimated}
 
 
-def wt_body(values: list[object], units: str = "lbs_co2_per_mwh") -> dict[str, object]:
+def wt_body(values: list[object], units: str = "lbs_co2_per_mwh", signal_type: str = "co2_aoer") -> dict[str, object]:
     data = [{"point_time": f"2026-11-26T10:{5 * i:02d}:00+00:00", "value": v} for i, v in enumerate(values)]
-    return {"data": data, "meta": {"region": "CAISO_NORTH", "signal_type": "co2_moer", "units": units}}
+    return {"data": data, "meta": {"region": "CAISO_NORTH", "signal_type": signal_type, "units": units}}
 
 
 def uk_entry(start: str, end: str, forecast: object, actual: object) -> dict[str, object]:
@@ -234,8 +234,11 @@ def test_watttime_login_bearer_params_and_lbs_to_grams(serve, sleeps) -> None:
     assert {(p.region, p.source) for p in points} == {("us-west", "watttime")}
     request = server.last("GET", "/v3/historical")
     assert request.headers["authorization"] == "Bearer token-1"
+    # The accounting series is the average rate, co2_aoer (this test asked for co2_moer before:
+    # the marginal rate, which WattTime offers for load shifting, not for accounting).
     assert request.query == {"region": ["CAISO_NORTH"], "start": ["2026-11-26T10:00:00Z"],
-                             "end": ["2026-11-26T10:15:00Z"], "signal_type": ["co2_moer"]}
+                             "end": ["2026-11-26T10:15:00Z"], "signal_type": ["co2_aoer"],
+                             "include_imputed_marker": ["true"]}
     client.historical("CAISO_NORTH", T0, T0 + 900, "us-west")
     assert server.calls("GET", "/login") == 1  # the token is reused
 
@@ -279,6 +282,48 @@ def test_watttime_negative_value_names_field(serve, sleeps) -> None:
     server = serve({("GET", "/login"): login_route([]), ("GET", "/v3/historical"): (200, wt_body([10, -3.5]))})
     with pytest.raises(IntensityUnavailable, match=r"data\[1\]\.value = -3\.5: expected a finite number >= 0"):
         watttime(server, sleeps).historical("CAISO_NORTH", T0, T0 + 600, "us-west")
+
+
+WATTTIME_DOCS = Path(__file__).parent / "fixtures" / "watttime"  # WattTime's documented bodies (SOURCE there)
+
+
+def documented(name: str) -> dict:
+    import json
+
+    return json.loads((WATTTIME_DOCS / name).read_text())
+
+
+def test_watttime_documented_aoer_body_marks_imputed_points_estimated(serve, sleeps) -> None:
+    server = serve({("GET", "/login"): login_route([]), ("GET", "/v3/historical"): (200, documented("historical-co2_aoer.json"))})
+    points = watttime(server, sleeps).historical("CAISO_NORTH", utc_s("2023-10-26T14:00:00+00:00"),
+                                                utc_s("2023-10-26T15:00:00+00:00"), "caiso")
+    start = utc_s("2023-10-26T14:00:00+00:00")
+    g_per_kwh = 1267.717268507 * 0.45359237
+    assert points == [IntensityPoint("caiso", start, start + 3600, pytest.approx(g_per_kwh, rel=1e-12), "watttime", False),
+                      IntensityPoint("caiso", start, start + 3600, pytest.approx(g_per_kwh, rel=1e-12), "watttime", True)]
+    assert server.last("GET", "/v3/historical").query["signal_type"] == ["co2_aoer"]
+
+
+def test_watttime_documented_moer_body_is_the_marginal_series(serve, sleeps) -> None:
+    server = serve({("GET", "/login"): login_route([]), ("GET", "/v3/historical"): (200, documented("historical-co2_moer.json"))})
+    client = watttime(server, sleeps)
+    start = utc_s("2022-07-15T00:00:00+00:00")
+    points = client.marginal("CAISO_NORTH", start, start + 600, "caiso")
+    assert [(p.start_s, p.end_s, p.estimated) for p in points] == [(start, start + 300, True), (start + 300, start + 600, True)]
+    assert [p.g_per_kwh for p in points] == pytest.approx([870 * 0.45359237, 860 * 0.45359237], rel=1e-12)
+    assert server.last("GET", "/v3/historical").query["signal_type"] == ["co2_moer"]
+    # The same marginal body where the average was asked for is refused, never stored as accounting data.
+    with pytest.raises(IntensityUnavailable, match=r"meta.signal_type = 'co2_moer': expected 'co2_aoer'"):
+        client.historical("CAISO_NORTH", start, start + 600, "caiso")
+
+
+@pytest.mark.parametrize("marker", ["yes", 1, {"x": 1}])
+def test_watttime_bad_imputed_marker_names_field(serve, sleeps, marker) -> None:
+    body = wt_body([10])
+    body["data"][0]["imputed_data_used"] = marker  # type: ignore[index]
+    server = serve({("GET", "/login"): login_route([]), ("GET", "/v3/historical"): (200, body)})
+    with pytest.raises(IntensityUnavailable, match=r"data\[0\]\.imputed_data_used = .*: expected true, false or null"):
+        watttime(server, sleeps).historical("CAISO_NORTH", T0, T0 + 300, "us-west")
 
 
 # --- UK National Grid -------------------------------------------------------------------------

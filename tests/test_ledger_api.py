@@ -96,6 +96,9 @@ def test_whatif_prices_the_same_energy_elsewhere(ledger):
     assert answer["actual"]["co2e_kg"] == pytest.approx(1.0 * 1.5 * 400 / 1000)
     assert answer["whatif"]["co2e_kg"] == pytest.approx(1.0 * 1.1 * 100 / 1000)
     assert answer["whatif"]["rates"]["grid_intensity_g_per_kwh"] == {"r2": 100.0}
+    # No marginal (WattTime co2_moer) series stored: no marginal figure, never an average in its place.
+    assert (answer["actual"]["marginal_co2e_kg"], answer["actual"]["marginal_hourly_fraction"]) == (None, 0.0)
+    assert answer["marginal_co2e_kg_change"] is None
 
 
 @BACKENDS

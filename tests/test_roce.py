@@ -73,7 +73,9 @@ def test_cx6_reading() -> None:
     assert (r.state, r.phys_state, r.rate_gbps) == ("ACTIVE", "LinkUp", 200.0)
     assert link_up(r) and not r.partial
     assert set(r.raw) == set(ALL_COUNTERS) == set(r.wide)
-    assert all(isinstance(r.raw[name], int) for name in ALL_COUNTERS)
+    # port_rcv_discards is no PortCounters field: mlx5 has no such file (procfs' mlx5 tree neither).
+    assert r.raw["rx_discards"] is None
+    assert all(isinstance(r.raw[name], int) for name in ALL_COUNTERS if name != "rx_discards")
     assert value(r, "tx_bytes") == 98765432101234 > WRAP_32  # kernel shows PortCountersExtended
     assert r.wide["tx_bytes"] is False  # counters/port_xmit_data: width not known from the name
     assert r.raw["symbol_errors"] == 0 and r.raw["link_downed"] == 1
@@ -91,15 +93,24 @@ def test_rate_parsing() -> None:
     assert parse_state("ACTIVE") == "ACTIVE" and parse_state("") is None
 
 
-def test_cx7_prefers_64_bit_files() -> None:
+def test_cx7_reads_counters_before_legacy_counters_ext() -> None:
+    # Changed: counters_ext/*_64 used to win over counters/. Since Linux 4.5 counters/ holds the
+    # 64-bit values; the legacy mlx4 files can stop (node_exporter's recording, test_ib_counters).
     first, second = RdmaPorts(FIXTURES / "cx7").read()
     assert [(p.device, p.port) for p in (first, second)] == [("mlx5_0", 1), ("mlx5_1", 1)]
-    assert first.raw["tx_bytes"] == 212345678999999  # counters_ext/port_xmit_data_64
-    assert first.raw["rx_bytes"] == 209876543299999
-    assert first.raw["tx_packets"] == 98765432999
-    assert all(first.wide[name] for name in DATA_COUNTERS)
+    assert first.raw["tx_bytes"] == int((port_dir(FIXTURES / "cx7") / "counters" / "port_xmit_data").read_text())
+    assert first.raw["tx_bytes"] != 212345678999999  # counters_ext/port_xmit_data_64
+    assert not any(first.wide[name] for name in DATA_COUNTERS)
     assert second.raw["tx_bytes"] == 212345678901235  # counters/port_xmit_data
     assert not any(second.wide[name] for name in DATA_COUNTERS)
+
+
+def test_counters_ext_read_when_counters_lacks_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "cx7"
+    shutil.copytree(FIXTURES / "cx7", root)
+    (port_dir(root) / "counters" / "port_xmit_data").unlink()
+    first = RdmaPorts(root).read()[0]
+    assert (first.raw["tx_bytes"], first.wide["tx_bytes"]) == (212345678999999, True)
 
 
 def test_counters_64_preferred_over_basic(cx6_copy: Path) -> None:
@@ -112,7 +123,7 @@ def test_counters_64_preferred_over_basic(cx6_copy: Path) -> None:
 def test_ib32_no_hw_counters() -> None:
     r = read_one(FIXTURES / "ib32")
     assert (r.device, r.link_layer, r.rate_gbps, r.netdev) == ("mlx4_0", "InfiniBand", 40.0, None)
-    assert all(isinstance(r.raw[name], int) for name in PORT_COUNTERS)
+    assert all(isinstance(r.raw[name], int) for name in PORT_COUNTERS if name != "rx_discards")
     assert all(r.raw[name] is None for name in HW_COUNTERS + ETH_COUNTERS)
     assert not r.partial and value(r, "tx_bytes") < WRAP_32
 
@@ -190,11 +201,15 @@ def test_data_unit_is_four_octets() -> None:
     assert deltas["tx_bytes"] == 4000 and deltas["tx_packets"] == 1000
 
 
-def test_32_bit_wrap_data_counter() -> None:
-    prev = with_raw(read_one(FIXTURES / "ib32"), tx_bytes=WRAP_32 - 10, rx_packets=WRAP_32 - 1)
-    cur = with_raw(prev, tx_bytes=5, rx_packets=0)
+def test_data_counter_going_down_is_a_clear_never_a_wrap() -> None:
+    # Replaces a test that counted 2**32 - 10 -> 5 as a 32-bit wrap. PMA counters never wrap
+    # (they saturate), and counters/port_*_data are 64-bit since Linux 4.5: a decrease is a
+    # clear (subnet manager, perfquery -R), counted from the new value. The issue's case:
+    # 3e9 -> 1000 words is 4000 bytes, not the 5.2 GB a wrap would add.
+    prev = with_raw(read_one(FIXTURES / "ib32"), tx_bytes=3_000_000_000, rx_bytes=WRAP_32 - 10)
+    cur = with_raw(prev, tx_bytes=1000, rx_bytes=5)
     deltas = port_deltas(prev, cur)
-    assert deltas["tx_bytes"] == 15 * 4 and deltas["rx_packets"] == 1
+    assert deltas["tx_bytes"] == 4000 and deltas["rx_bytes"] == 20
 
 
 def test_32_bit_wrap_queue_counter() -> None:

@@ -81,7 +81,7 @@ def expected_power_w(spec_node: dict[str, Any], utilization: float) -> float:
         ({"nodes": [node()], "jobs": [{"nodes": ["n1"], "gpus": [0]}]}, "jobs[0].id is missing"),
         (
             {"nodes": [node()], "events": [{"kind": "meltdown", "node": "n1", "gpu": 0, "at_s": 5}]},
-            "events[0].kind = 'meltdown': expected 'counter_reset', 'gpu_lost' or 'link_down'",
+            "events[0].kind = 'meltdown': expected 'counter_reset', 'gpu_lost', 'link_down' or 'counter_clear'",
         ),
         (
             {"nodes": [node()], "events": [{"kind": "gpu_lost", "node": "n7", "gpu": 0, "at_s": 5}]},

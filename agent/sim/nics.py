@@ -35,6 +35,8 @@ FILES = {  # our counter name -> sysfs file under ports/1/
     "timeouts": "hw_counters/local_ack_timeout_err",
 }
 
+PMA_FILES = tuple(name for name, path in FILES.items() if path.startswith("counters/"))
+
 
 @dataclass(frozen=True, slots=True)
 class NodeTraffic:
@@ -88,11 +90,13 @@ class SimulatedPorts:
         self.traffic = NodeTraffic(spec, node_name)
         self.clock, self.epoch_s = clock, epoch_s
         self.nics, self.rate_gbps = spec.node(node_name).nics, spec.node(node_name).nic_rate_gbps
+        self.counter_bits = spec.node(node_name).nic_counter_bits
         shm = Path("/dev/shm")  # tmpfs, like sysfs: no disk writes every second
         self.root = Path(tempfile.mkdtemp(prefix="gpuledger-sim-sysfs-", dir=shm if shm.is_dir() else None))
         self._down: list[bool | None] = [None] * self.nics
         self._second = 0
         self._totals = [dict.fromkeys(FILES, 0) for _ in range(self.nics)]
+        self._clears = {(e.gpu, math.ceil(e.at_s)) for e in spec.events if e.kind == "counter_clear" and e.node == node_name}
         self._reader = RdmaPorts(self.root)
         for nic in range(self.nics):
             port = self._port_dir(nic)
@@ -114,13 +118,18 @@ class SimulatedPorts:
                 _put(f"{port}/phys_state", "3: Disabled" if down else "5: LinkUp")
                 _put(f"{port}/rate", f"{self.rate_gbps:g} Gb/sec (4X NDR)")
             for name, relpath in FILES.items():
-                _put(f"{port}/{relpath}", str(totals[name]))
+                value = totals[name]
+                if name in PMA_FILES and self.counter_bits == 32:
+                    value = min(value, 2**32 - 1)  # a PMA counter saturates, never wraps
+                _put(f"{port}/{relpath}", str(value))
 
     def read(self) -> list[PortReading]:
         whole = max(math.floor(self.clock.now() - self.epoch_s), 0)
         if whole > self._second:
             for second in range(self._second, whole):
                 for nic, totals in enumerate(self._totals):
+                    if (nic, second) in self._clears:  # the PMA counters (counters/) restart at 0
+                        totals.update(dict.fromkeys(PMA_FILES, 0))
                     for name, amount in self.traffic.port_second(nic, second).items():
                         totals[name] += amount
             self._second = whole

@@ -215,7 +215,7 @@ class SimulatedNode:
         device.util_gpu_pct = round(gpu.utilization(math.floor(offset_s)) * 100)
         jobs = gpu.jobs_at(offset_s)
         device.memory_used_bytes = int(0.85 * device.memory_total_bytes) if jobs else 0
-        device.pids = [pid for job in jobs for pid in job.pids]
+        device.pids = [pid for job in jobs for pid in (*job.pids, *((job.pid,) if job.pid is not None else ()))]
         device.pid_instances = {pid: job.gpu_instance for job in jobs for pid in job.pids if job.gpu_instance is not None}
         second = math.floor(offset_s)
         device.process_sm_util = {pid: round(gpu.job_utilization(job, second) * 100) for job in jobs for pid in job.pids}
@@ -238,7 +238,8 @@ class SimulatedNode:
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
         result: dict[int, Owners] = {}
         for sample in samples:
-            jobs = self.gpus[sample.index].jobs_at(sample.time_s - self.epoch_s)
+            # a job with a pid is found through /proc
+            jobs = [j for j in self.gpus[sample.index].jobs_at(sample.time_s - self.epoch_s) if j.pid is None]
             if jobs:
                 result[sample.index] = tuple(
                     JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release,

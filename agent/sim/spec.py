@@ -20,6 +20,7 @@ nvml_cost = "h200"           # each NVML call costs the CPU time measured on an 
 mig = [3, 2, 2]              # MIG on, GPU instances 1, 2, 3 with these compute slices (of 7)
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
+nic_counter_bits = 64        # 32: counters/ without the extended width: they stop at 2**32 - 1
 mapped_utilization = 0.9     # with --job-mapping-dir: a GPU the scheduler's mapping names runs at this
 
 [[jobs]]
@@ -38,10 +39,13 @@ retrans_per_gb = 0.2              # RoCE retransmissions per GB sent
 budget_usd = 500.0                # as GPULEDGER_BUDGET_USD in the job's environment
 gpu_instance = 1                  # on a MIG node: the GPU instance the job runs in
 pids = [41001]                    # host PIDs NVML lists for the job on each of its GPUs
+# pid = 4242                      # instead of the simulator naming the owner: NVML lists this host
+                                  # PID on the job's GPUs and the agent reads <--proc-root>/4242/
 
 [[events]]                        # quirks of real hardware, on a schedule
 kind = "counter_reset"            # GPU energy counter reset; or "gpu_lost" (with gpu)
-node = "node-1"                   # or "link_down" (with nic, optional until_s)
+node = "node-1"                   # or "link_down" (with nic, optional until_s), or "counter_clear"
+                                  # (with nic: its PMA counters cleared to 0, as perfquery -R does)
 gpu = 3
 at_s = 600
 ```
@@ -54,6 +58,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+NIC_EVENTS = ("link_down", "counter_clear")  # events of a NIC (``nic``); the others name a GPU
 
 
 class SpecError(ValueError):
@@ -73,6 +79,7 @@ class NodeSpec:
     datacenter: str | None = None
     nics: int = 0
     nic_rate_gbps: float = 400.0
+    nic_counter_bits: int = 64  # 32: PMA counters without the extended width, that saturate
     mapped_utilization: float = 0.9
     driver_version: str = "580.95.05"
     nvml_cost: str | None = None
@@ -94,6 +101,7 @@ class JobSpec:
     cnp_per_s: float = 0.0
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
+    pid: int | None = None  # a host PID: NVML lists it on the job's GPUs and /proc (--proc-root) names the job
     release: str | None = None  # as GPULEDGER_RELEASE in the job's environment
     gpu_instance: int | None = None
     pids: tuple[int, ...] = ()
@@ -167,6 +175,7 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         datacenter=_get(table, where, "datacenter", str, None),
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
+        nic_counter_bits=_counter_bits(table, where),
         mapped_utilization=_fraction(table, where, "mapped_utilization", 0.9),
         driver_version=_get(table, where, "driver_version", str, "580.95.05"),
         nvml_cost=_nvml_cost(table, where),
@@ -188,6 +197,13 @@ def _mig(table: dict[str, Any], where: str) -> tuple[int, ...] | None:
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in mig) or sum(mig) > 7:
         raise SpecError(f"{where}.mig = {mig!r}: expected compute slices per GPU instance, at most 7 in all")
     return tuple(mig)
+
+
+def _counter_bits(table: dict[str, Any], where: str) -> int:
+    bits = _get(table, where, "nic_counter_bits", int, 64)
+    if bits not in (32, 64):
+        raise SpecError(f"{where}.nic_counter_bits = {bits}: expected 32 or 64")
+    return int(bits)
 
 
 def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSpec:
@@ -218,6 +234,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
+        pid=int(_number(table, where, "pid", low=1)) if "pid" in table else None,
         release=_get(table, where, "release", str, None),
         gpu_instance=_gpu_instance(table, where, [nodes[n] for n in job_nodes]),
         pids=_pids(table, where),
@@ -243,12 +260,12 @@ def _pids(table: dict[str, Any], where: str) -> tuple[int, ...]:
 
 def _event(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> EventSpec:
     kind = _get(table, where, "kind", str)
-    if kind not in ("counter_reset", "gpu_lost", "link_down"):
-        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset', 'gpu_lost' or 'link_down'")
+    if kind not in ("counter_reset", "gpu_lost", "link_down", "counter_clear"):
+        raise SpecError(f"{where}.kind = {kind!r}: expected 'counter_reset', 'gpu_lost', 'link_down' or 'counter_clear'")
     node = _get(table, where, "node", str)
     if node not in nodes:
         raise SpecError(f"{where}.node: {node!r} is not a node of the spec")
-    field, count = ("nic", nodes[node].nics) if kind == "link_down" else ("gpu", nodes[node].gpu_count)
+    field, count = ("nic", nodes[node].nics) if kind in NIC_EVENTS else ("gpu", nodes[node].gpu_count)
     index = _get(table, where, field, int)
     if not 0 <= index < count:
         raise SpecError(f"{where}.{field} = {index}: not a {field.upper()} index of node {node!r}")

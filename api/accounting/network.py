@@ -16,6 +16,16 @@ HEAVY_CNP_PER_S, MODERATE_CNP_PER_S = 1000.0, 50.0
 HEAVY_RETRANS_PER_GB, MODERATE_RETRANS_PER_GB = 10.0, 1.0
 COUNTERS = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
             "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts")
+# The counters a saturated 32-bit PMA counter can make unknown: null where a span was unknown.
+UNKNOWABLE = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
+
+
+def known(row: dict[str, Any]) -> dict[str, Any]:
+    """A per-node (or per-hour) sum with its byte and packet counts null when part of its span
+    was unknown (``unknown_seconds`` > 0): a lower bound is not reported as the amount."""
+    if not row.get("unknown_seconds"):
+        return row
+    return row | dict.fromkeys(UNKNOWABLE)
 
 
 def _sum(rows: list[dict[str, Any]], name: str) -> float | None:
@@ -48,8 +58,12 @@ def network_report(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """From per-node sums (``reads.network``); ``None`` when the job has no network data."""
     if not rows:
         return None
+    rows = [known(row) for row in rows]
     node_seconds = sum(row["seconds"] for row in rows)
     totals = {name: _sum(rows, name) for name in COUNTERS}
+    unknown_s = sum(row.get("unknown_seconds") or 0.0 for row in rows)
+    if unknown_s:
+        totals.update(dict.fromkeys(UNKNOWABLE))
     cnp_per_s = _ratio(totals["cnp_handled"], node_seconds)
     sent_gb = None if totals["tx_bytes"] is None else totals["tx_bytes"] / 1e9
     retrans_per_gb = _ratio(totals["retransmits"], sent_gb)
@@ -65,6 +79,7 @@ def network_report(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         "cnp_sent_per_s": _ratio(totals["cnp_sent"], node_seconds),
         "retransmits_per_gb": retrans_per_gb,
         "link_down_port_seconds": sum(row["link_down_port_seconds"] for row in rows),
+        "unknown_seconds": unknown_s,
         "congestion": level,
         "congestion_reason": reason,
         "per_node": [

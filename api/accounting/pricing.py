@@ -103,18 +103,27 @@ def _fixed(config: LedgerConfig, datacenter: str, gpu_model: str) -> _Fixed:
                   config.embodied_split(gpu_model))
 
 
+def overhead_kwh(row: UsageRow, dc: Datacenter) -> float:
+    """The node overhead (CPU, memory, NICs) the row's GPU-hours carry."""
+    return row.gpu_seconds / 3600 * dc.node_overhead_w / dc.gpus_per_node / 1000
+
+
+def facility_kwh(row: UsageRow, dc: Datacenter) -> float:
+    """The row's GPU and overhead energy at the facility meter (× PUE of its hour)."""
+    return (row.energy_j / 3.6e6 + overhead_kwh(row, dc)) * dc.pue_at(row.hour_s)
+
+
 def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hourly: Hourly, applied: Applied) -> dict[str, Any]:
     dc, tco = fixed.dc, fixed.tco
     gpu_hours = row.gpu_seconds / 3600
-    gpu_kwh = row.energy_j / 3.6e6
-    overhead_kwh = gpu_hours * dc.node_overhead_w / dc.gpus_per_node / 1000
     pue = dc.pue_at(row.hour_s)
-    facility_kwh = (gpu_kwh + overhead_kwh) * pue
+    overhead = overhead_kwh(row, dc)
+    facility = facility_kwh(row, dc)
     series = hourly.get((dc.region, row.hour_s))
     intensity = series if series is not None else fixed.static_intensity
     if tco is not None:
         usd_rate = tco.usd_per_gpu_hour
-        cost = gpu_hours * usd_rate + facility_kwh * dc.usd_per_kwh
+        cost = gpu_hours * usd_rate + facility * dc.usd_per_kwh
     else:
         usd_rate = config.price_usd_per_gpu_hour(row.gpu_model, cluster, row.hour_s)
         cost = gpu_hours * usd_rate
@@ -124,11 +133,11 @@ def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hour
     return {
         "gpu_seconds": row.gpu_seconds, "busy_gpu_seconds": row.busy_gpu_seconds, "energy_j": row.energy_j,
         "energy_declared_j": row.energy_declared_j, "energy_estimated_j": row.energy_estimated_j,
-        "overhead_energy_kwh": overhead_kwh,
-        "facility_energy_kwh": facility_kwh, "cost_usd": cost, "co2e_kg": facility_kwh * intensity / 1000,
-        "market_co2e_kg": None if dc.market_g_per_kwh is None else facility_kwh * dc.market_g_per_kwh / 1000,
+        "overhead_energy_kwh": overhead,
+        "facility_energy_kwh": facility, "cost_usd": cost, "co2e_kg": facility * intensity / 1000,
+        "market_co2e_kg": None if dc.market_g_per_kwh is None else facility * dc.market_g_per_kwh / 1000,
         "embodied_co2e_kg": gpu_hours * fixed.embodied_kg_per_gpu_hour,
-        "hourly_facility_kwh": facility_kwh if series is not None else 0.0,
+        "hourly_facility_kwh": facility if series is not None else 0.0,
         **_embodied_parts(gpu_hours, fixed.embodied_split),
     }
 

@@ -144,6 +144,11 @@ class NetworkReport(BaseModel):
     cnp_sent_per_s: float | None
     retransmits_per_gb: float | None = Field(description="Per GB sent.")
     link_down_port_seconds: float
+    unknown_seconds: float = Field(
+        default=0.0,
+        description="Node-seconds in which a port's byte or packet counter could not be read (a saturated 32-bit "
+        "InfiniBand counter); the byte and packet totals are then null, not a lower bound.",
+    )
     congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in api/accounting/README.md).")
     congestion_reason: str
     per_node: list[NetworkNode]

@@ -8,11 +8,13 @@ from api.intensity.sources import (
     IntensityPoint,
     IntensityUnavailable,
     UkNationalGrid,
-    WattTime,
 )
+from api.intensity.watttime import AOER, MOER, WattTime
 
 __all__ = [
+    "AOER",
     "LB_PER_MWH_TO_G_PER_KWH",
+    "MOER",
     "ElectricityMaps",
     "IntensityPoint",
     "IntensityUnavailable",

@@ -1,4 +1,5 @@
-"""Grid carbon-intensity clients: Electricity Maps v3, WattTime v3 and the UK National Grid API.
+"""Grid carbon-intensity clients: Electricity Maps v3 and the UK National Grid API (WattTime v3
+in ``api.intensity.watttime``).
 
 Each client returns ``IntensityPoint`` values in gCO2e/kWh over ``[start_s, end_s)``; storing
 them is the caller's job. Requests retry connect errors, timeouts, 429 and 5xx with exponential
@@ -200,67 +201,6 @@ class ElectricityMaps(_Source):
         start_s = timestamp_s(member(entry, "datetime", where), f"{prefix}datetime")
         g_per_kwh = intensity_g_per_kwh(value, f"{prefix}carbonIntensity")
         return IntensityPoint(region, start_s, start_s + HOUR_S, g_per_kwh, self.source, entry.get("isEstimated") is True)
-
-
-class WattTime(_Source):
-    """WattTime v3: 5-minute marginal operating emissions rate (co2_moer), lbs/MWh → g/kWh."""
-
-    source = "watttime"
-
-    def __init__(self, username: str, password: str, base_url: str = "https://api.watttime.org",
-                 client: httpx.Client | None = None, *, timeout_s: float = 10.0, retries: int = 3,
-                 sleep: Callable[[float], None] = time.sleep, backoff_s: float = 0.5,
-                 rng: random.Random | None = None) -> None:
-        super().__init__(base_url, client, timeout_s, retries, sleep, backoff_s, rng)
-        self._auth = httpx.BasicAuth(username, password)
-        self._token: str | None = None
-
-    def historical(self, region_code: str, start_s: float, end_s: float, region: str) -> list[IntensityPoint]:
-        if not end_s > start_s:
-            raise ValueError(f"end_s = {end_s!r}: expected a time after start_s = {start_s!r}")
-        params = {"region": region_code, "start": iso_utc(start_s), "end": iso_utc(end_s), "signal_type": "co2_moer"}
-        body = self._get_authed("/v3/historical", params)
-        url = f"GET {httpx.URL(self._http.base_url + '/v3/historical', params=params)}"
-        return self._parse(url, lambda: self._points(body, region))
-
-    def _login(self) -> str:
-        body = self._http.get_json("/login", auth=self._auth)
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise self._http.fail(f"GET {self._http.base_url}/login", f"token = {token!r}: expected a non-empty string")
-        return token
-
-    def _get_authed(self, path: str, params: Mapping[str, str]) -> Any:
-        """GET with the bearer token; a 401 (token expired) logs in again once."""
-        if self._token is None:
-            self._token = self._login()
-        response = self._http.get(path, params=params, headers={"Authorization": f"Bearer {self._token}"},
-                                  pass_statuses=frozenset({401}))
-        if response.status_code == 401:
-            self._token = self._login()
-            response = self._http.get(path, params=params, headers={"Authorization": f"Bearer {self._token}"})
-        return self._http.decode(response)
-
-    def _points(self, body: Any, region: str) -> Iterator[IntensityPoint | None]:
-        meta = member(body, "meta", "")
-        for key, expected in (("units", "lbs_co2_per_mwh"), ("signal_type", "co2_moer")):
-            if member(meta, key, "meta") != expected:
-                raise ValueError(f"meta.{key} = {meta[key]!r}: expected {expected!r}")
-        period_s = meta.get("data_point_period_seconds", FIVE_MINUTES_S)
-        if isinstance(period_s, bool) or not isinstance(period_s, (int, float)) or not 0 < period_s < math.inf:
-            raise ValueError(f"meta.data_point_period_seconds = {period_s!r}: expected a number of seconds > 0")
-        data = member(body, "data", "")
-        if not isinstance(data, list):
-            raise ValueError(f"data = <{type(data).__name__}>: expected a list")
-        for i, entry in enumerate(data):
-            value = member(entry, "value", f"data[{i}]")
-            if value is None:
-                yield None
-                continue
-            lbs_per_mwh = intensity_g_per_kwh(value, f"data[{i}].value")
-            start_s = timestamp_s(member(entry, "point_time", f"data[{i}]"), f"data[{i}].point_time")
-            yield IntensityPoint(region, start_s, start_s + period_s, lbs_per_mwh * LB_PER_MWH_TO_G_PER_KWH,
-                                 self.source, False)
 
 
 class UkNationalGrid(_Source):

@@ -6,13 +6,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
 from api.intensity.sources import IntensityPoint
 from collector.db import insert_for
-from collector.models import GridIntensity
+from collector.models import GridIntensity, GridMarginalIntensity
 
 grid_t = GridIntensity.__table__
+marginal_t = GridMarginalIntensity.__table__  # WattTime co2_moer: what-if only, never accounting
 
 
 def hourly(points: Iterable[IntensityPoint]) -> list[dict[str, object]]:
@@ -36,13 +37,14 @@ def hourly(points: Iterable[IntensityPoint]) -> list[dict[str, object]]:
     ]
 
 
-def store(engine: Engine, points: Iterable[IntensityPoint], now_s: float) -> int:
-    """Upsert the hourly series; a newer value for an hour (an actual after a forecast) replaces the older."""
+def store(engine: Engine, points: Iterable[IntensityPoint], now_s: float, table: Table = grid_t) -> int:
+    """Upsert the hourly series (``grid_t``, the average series reports price with, or
+    ``marginal_t``); a newer value for an hour (an actual after a forecast) replaces the older."""
     rows = [{**row, "updated_at_s": now_s} for row in hourly(points)]
     if not rows:
         return 0
     with engine.begin() as conn:
-        stmt = insert_for(conn, grid_t)
+        stmt = insert_for(conn, table)
         stmt = stmt.on_conflict_do_update(
             index_elements=["region", "hour_s"],
             set_={name: stmt.excluded[name] for name in ("g_per_kwh", "source", "estimated", "updated_at_s")},

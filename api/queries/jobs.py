@@ -13,12 +13,13 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, case, func, literal, select
 
 from api.accounting.pricing import GroupedUsage, UsageRow
-from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour, JobPod
+from collector.models import GridIntensity, GridMarginalIntensity, Job, JobGpu, JobHour, JobNetHour, JobPod
 from collector.pieces import UNALLOCATED
 
 jobs_t, hours_t, job_gpus_t = Job.__table__, JobHour.__table__, JobGpu.__table__
 net_hours_t, grid_t = JobNetHour.__table__, GridIntensity.__table__
 job_pods_t = JobPod.__table__
+marginal_t = GridMarginalIntensity.__table__
 IDLE_GROUP, NO_GROUP = "(unallocated)", "(none)"
 
 
@@ -129,6 +130,17 @@ def hourly_intensity(engine: Engine, regions: set[str], first_hour_s: int, last_
         return {(region, hour): g for region, hour, g in conn.execute(query)}
 
 
+def hourly_marginal_intensity(engine: Engine, regions: set[str], first_hour_s: int, last_hour_s: int) -> dict[tuple[str, int], float]:
+    """The stored hourly *marginal* series (WattTime co2_moer) of ``regions`` over [first_hour_s, last_hour_s]."""
+    if not regions:
+        return {}
+    query = select(marginal_t.c.region, marginal_t.c.hour_s, marginal_t.c.g_per_kwh).where(
+        marginal_t.c.region.in_(sorted(regions)), marginal_t.c.hour_s.between(first_hour_s, last_hour_s)
+    )
+    with engine.connect() as conn:
+        return {(region, hour): g for region, hour, g in conn.execute(query)}
+
+
 def placement(engine: Engine, job_ids: list[str]) -> dict[str, tuple[int, int]]:
     """(nodes, gpus) each job has run on."""
     with engine.connect() as conn:
@@ -159,7 +171,7 @@ def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
 
 _NET_SUMMED = ("seconds", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
                "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts", "apportioned_bytes",
-               "link_down_port_seconds")
+               "link_down_port_seconds", "unknown_seconds")
 _NET_PEAKS = ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
 _NETWORK = (
     select(net_hours_t.c.job_id, net_hours_t.c.node,

@@ -157,7 +157,7 @@ def nodes_latest_end(engine: Engine, job_id: str, since_s: float) -> dict[str, f
         return dict(conn.execute(query).all())
 
 
-NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits")
+NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits", "unknown_seconds")
 
 
 def network_hours(engine: Engine, job_id: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from api.accounting.network import verdict
+from api.accounting.network import known, verdict
 from api.accounting.pricing import UsageRow, price_sums
 from api.accounting.rates import LedgerConfig
 from api.queries import jobs as reads
@@ -136,7 +136,7 @@ def gpu_series(engine: Engine, config: LedgerConfig, job: dict[str, Any], window
 def network_series(engine: Engine, job: dict[str, Any]) -> dict[str, list[Any]]:
     """Columns (NETWORK_FIELDS) of one point per hour with RoCE data, oldest first."""
     columns: dict[str, list[Any]] = {name: [] for name in NETWORK_FIELDS}
-    for hour in series_reads.network_hours(engine, job["job_id"]):
+    for hour in map(known, series_reads.network_hours(engine, job["job_id"])):
         lo, hi = _covered(job, hour["hour_s"], HOUR_S)
         wall_s = hour["wall_seconds"] or (hi - lo)
         sent_gb = None if hour["tx_bytes"] is None else hour["tx_bytes"] / 1e9

@@ -10,6 +10,8 @@ from sqlalchemy import update
 
 from api.accounting.conventions import CONVENTIONS, card_unit, model_card_markdown
 from api.accounting.country_intensity import ANNUAL_G_PER_KWH_2023
+from api.accounting.marginal import marginal_co2e
+from api.accounting.rates import LedgerConfig
 from api.http.auth import AdminDep, NodeOrAdminDep, Principal, ReaderDep, authorize_progress, can_see
 from api.http.deps import ConfigDep, EngineDep
 from api.http.schemas import BudgetIn, ProgressIn, ReleaseIn
@@ -93,7 +95,9 @@ def what_if(
     pue: Annotated[float | None, Query(ge=1.0, le=5.0, description="PUE to apply instead.")] = None,
 ) -> dict[str, Any]:
     """The same measured energy priced in another region and/or at another PUE. A region must be
-    known: configured, fed by a provider, stored as an hourly series, or an ISO country code."""
+    known: configured, fed by a provider, stored as an hourly series, or an ISO country code.
+    Besides the accounted CO2e (average grid rate), ``marginal_co2e_kg`` prices it at the
+    marginal rate (WattTime co2_moer) where that series is stored, with the share of energy it covers."""
     job = _job(engine, job_id, principal)
     if region is not None:
         _check_region(engine, config, region)
@@ -108,13 +112,26 @@ def what_if(
     alternative = config.model_copy(update={"datacenters": {**config.datacenters, **moved}})
     (actual,) = build_reports(engine, [job], config)
     (other,) = build_reports(engine, [job], alternative)
+    margins = [_marginal(engine, job_id, c) for c in (config, alternative)]
     keys = ("facility_energy_kwh", "co2e_kg", "market_co2e_kg", "cost_usd")
     return {
         "job_id": job_id, "region": region, "pue": pue,
-        "actual": {k: actual[k] for k in keys} | {"rates": actual["rates"]},
-        "whatif": {k: other[k] for k in keys} | {"rates": other["rates"]},
+        "actual": {k: actual[k] for k in keys} | margins[0] | {"rates": actual["rates"]},
+        "whatif": {k: other[k] for k in keys} | margins[1] | {"rates": other["rates"]},
         "co2e_kg_change": other["co2e_kg"] - actual["co2e_kg"],
+        "marginal_co2e_kg_change": None if None in (margins[0]["marginal_co2e_kg"], margins[1]["marginal_co2e_kg"])
+        else margins[1]["marginal_co2e_kg"] - margins[0]["marginal_co2e_kg"],
     }
+
+
+def _marginal(engine: Any, job_id: str, config: LedgerConfig) -> dict[str, Any]:
+    """The job's energy at the marginal rate (WattTime co2_moer) of each hour's region."""
+    rows = reads.usage(engine, [job_id]).get(job_id, [])
+    if not rows:
+        return marginal_co2e([], config, {})
+    regions = {config.datacenter(row.datacenter).region for row in rows}
+    series = reads.hourly_marginal_intensity(engine, regions, min(r.hour_s for r in rows), max(r.hour_s for r in rows))
+    return marginal_co2e(rows, config, series)
 
 
 def _check_region(engine: Any, config: Any, region: str) -> None:
