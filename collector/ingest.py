@@ -94,7 +94,7 @@ def _apply(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestR
                 insert_for(conn, batches_t).on_conflict_do_nothing().returning(
                     batches_t.c.node, batches_t.c.boot_id, batches_t.c.seq, sort_by_parameter_order=True),
                 [{"node": b.node, "boot_id": b.boot_id, "seq": b.seq, "received_at_s": now_s,
-                  "interval_count": len(b.intervals)} for b in unique],
+                  "interval_count": len(b.intervals), "content_hash": b.content_hash()} for b in unique],
             )
         }
         fresh = [b for b in unique if identity(b) in claimed]
@@ -165,10 +165,11 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id"],
         set_={
-            "name": func.coalesce(new.name, jobs_t.c.name),
-            "user": func.coalesce(new.user, jobs_t.c.user),
-            "account": func.coalesce(new.account, jobs_t.c.account),
-            # A budget set through the API is kept; the job's environment only fills a gap.
+            # First writer wins: an agent only fills a gap (collector.integrity counts the conflicts;
+            # collector.jobmeta sets values from an admin or the scheduler).
+            "name": func.coalesce(jobs_t.c.name, new.name),
+            "user": func.coalesce(jobs_t.c.user, new.user),
+            "account": func.coalesce(jobs_t.c.account, new.account),
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
             "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),

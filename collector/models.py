@@ -19,6 +19,7 @@ class IngestedBatch(SQLModel, table=True):
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     received_at_s: float
     interval_count: int
+    content_hash: str | None = Field(default=None, max_length=64)  # sha256 of the batch as sent (collector.integrity)
 
 
 class GpuInterval(SQLModel, table=True):
@@ -28,6 +29,7 @@ class GpuInterval(SQLModel, table=True):
     __table_args__ = (
         Index("ix_gpu_intervals_end_s", "end_s"),  # retention
         Index("ix_gpu_intervals_job_id_end_s", "job_id", "end_s"),  # one job's last hours (api.queries.series)
+        Index("ix_gpu_intervals_node_end_s", "node", "end_s"),  # a node's stored GPU time (collector.integrity)
     )
     id: int | None = Field(default=None, primary_key=True)
     node: str = Field(max_length=128)

@@ -29,6 +29,11 @@ def server(
     ssl_keyfile: Annotated[Path | None, typer.Option(envvar="GPULEDGER_SSL_KEYFILE", help="The certificate's private key (PEM).")] = None,
     open_paths: Annotated[str, typer.Option(envvar="GPULEDGER_OPEN_PATHS", help="Comma-separated paths served without a token when tokens are required.")] = "/healthz,/metrics",
     require_auth: Annotated[bool, typer.Option(envvar="GPULEDGER_REQUIRE_AUTH", help="Require bearer tokens (`gpuledger token create`); turn on before listening beyond 127.0.0.1.")] = False,
+    read_timeout: Annotated[float, typer.Option(
+        envvar="GPULEDGER_READ_TIMEOUT", min=0.1,
+        help="Seconds a client may stall inside a request (headers or body) before 408 and close.")] = 15.0,
+    keep_alive_timeout: Annotated[float, typer.Option(
+        envvar="GPULEDGER_KEEP_ALIVE_TIMEOUT", min=0.1, help="Seconds an idle keep-alive connection is kept open.")] = 5.0,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
@@ -36,6 +41,7 @@ def server(
     from api.accounting.rates import ConfigError, load_config
     from api.http.app import create_app
     from api.http.auth import AuthSettings
+    from api.http.timeouts import MAX_HEADER_BYTES, timed_protocol
     from collector.db import make_engine
     from collector.schema import SchemaOutdated, prepare
 
@@ -54,7 +60,8 @@ def server(
     tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
     app_ = create_app(engine, ledger_config, auth=auth)
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, http=timed_protocol(read_timeout),
+                timeout_keep_alive=keep_alive_timeout, h11_max_incomplete_event_size=MAX_HEADER_BYTES, **tls)
 
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
@@ -176,7 +183,7 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id (or the whole token).")],
     db: DbOption = "sqlite:///gpuledger.db",
 ) -> None:
-    """Revoke a token; servers stop accepting it within a minute."""
+    """Revoke a token; every server stops accepting it within 5 s."""
     from api.cli.tokens import token_revoke_command
 
     token_revoke_command(token_id=token_id, db=db)

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from agent import __version__
 from api.accounting.rates import LedgerConfig
 from api.http import errors
-from api.http.auth import AuthSettings, require_reader
+from api.http.auth import AuthSettings, require_reader, require_unscoped_reader
 from api.http.bodylimit import BodySizeLimit
 from api.http.deps import EngineDep
 from api.http.routes import ingest, jobs, ledger, series, usage
@@ -71,7 +71,8 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     registry.register(BudgetCollector(engine, config))
     job_metrics = JobCollector(engine, config)  # writes its own exposition: see api.reports.jobmetrics
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
+    # Every job's series, of every account: a reader scoped to one account gets 403 here.
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_unscoped_reader)])
     def metrics() -> PlainTextResponse:
         body = generate_latest(registry) + job_metrics.exposition().encode()
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from collector.schemas import MAX_BUDGET
 
 
 class Rates(BaseModel):
@@ -137,17 +139,28 @@ class IngestAck(BaseModel):
     intervals: int
 
 
+MAX_STEPS = 1e15
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class ProgressIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    steps_done: float | None = Field(default=None, ge=0)
-    total_steps: float | None = Field(default=None, gt=0)
-    expected_end_at: AwareDatetime | None = None
+    steps_done: float | None = Field(default=None, ge=0, le=MAX_STEPS)
+    total_steps: float | None = Field(default=None, gt=0, le=MAX_STEPS)
+    expected_end_at: AwareDatetime | None = Field(default=None, description="From 1970 on (a date before is refused).")
+
+    @field_validator("expected_end_at")
+    @classmethod
+    def _after_epoch(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value < EPOCH:
+            raise ValueError(f"expected_end_at = {value.isoformat()}: expected 1970-01-01T00:00:00Z or later")
+        return value
 
 
 class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    usd: float | None = Field(default=None, ge=0)
-    co2e_kg: float | None = Field(default=None, ge=0)
+    usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET)
+    co2e_kg: float | None = Field(default=None, ge=0, le=MAX_BUDGET)
 
 
 class GpuSeries(BaseModel):

@@ -5,6 +5,7 @@ Every query reads the hourly rollups or the jobs table; none scans raw intervals
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -35,7 +36,13 @@ def list_jobs(
     return rows, total
 
 
+JOB_ID = re.compile(r"^[\x21-\x7e]{1,300}$")  # "<cluster>/<local id>", as ingest accepts them
+
+
 def get_job(engine: Engine, job_id: str) -> dict[str, Any] | None:
+    """The job's row; None for an unknown id, and without a query for one no job can have."""
+    if not JOB_ID.match(job_id):
+        return None
     with engine.connect() as conn:
         row = conn.execute(select(jobs_t).where(jobs_t.c.job_id == job_id)).first()
     return None if row is None else dict(row._mapping)

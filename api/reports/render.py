@@ -17,8 +17,22 @@ FIELDS = (
 )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 class ReportError(RuntimeError):
     pass
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that starts like a formula gets a leading
+    apostrophe (OWASP's CSV-injection advice), so ``=HYPERLINK(...)`` stays text. Numbers pass
+    unchanged (a negative number is a number, not a formula)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def fetch(server: str, job_id: str, token: str | None = None, suffix: str = "") -> dict[str, Any]:
@@ -53,7 +67,7 @@ def render(report: dict[str, Any], fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
-        writer.writerow(["" if report.get(f) is None else report.get(f) for f in FIELDS])
+        writer.writerow([csv_cell(report.get(f)) for f in FIELDS])
         return out.getvalue().rstrip("\n")
     width = max(len(f) for f in FIELDS)
     lines = [f"{f:<{width}}  {_fmt(report.get(f))}" for f in FIELDS]

@@ -11,8 +11,11 @@ from api.http.deps import ConfigDep, EngineDep
 from api.http.schemas import JobPage, JobReport
 from api.queries import jobs as reads
 from api.reports.job import build_reports, now
+from collector.schemas import TEXT_PATTERN
 
 router = APIRouter(tags=["jobs"])
+QUERY_TEXT = TEXT_PATTERN  # no NUL or control characters: PostgreSQL refuses NUL in a text parameter
+MAX_OFFSET = 2**31
 
 
 @router.get("/v1/jobs", response_model=JobPage)
@@ -21,10 +24,10 @@ def list_jobs(
     config: ConfigDep,
     principal: ReaderDep,
     state: Literal["running", "ended"] | None = None,
-    user: str | None = None,
-    account: str | None = None,
+    user: Annotated[str | None, Query(max_length=256, pattern=QUERY_TEXT)] = None,
+    account: Annotated[str | None, Query(max_length=256, pattern=QUERY_TEXT)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, with live totals."""
     jobs, total = reads.list_jobs(engine, state=state, user=user, account=scoped_account(principal, account), limit=limit, offset=offset)

@@ -20,7 +20,7 @@ from api.http.routes.jobs import get_job, visible_job
 from api.http.schemas import JobSeries
 from api.reports import series
 from api.reports.job import build_reports, now
-from api.reports.render import render
+from api.reports.render import csv_cell, render
 
 router = APIRouter(tags=["jobs"])
 STEP_HELP = f"Width of the fine buckets in seconds, one of {', '.join(map(str, series.STEPS_S))}; default: chosen for at most {series.MAX_FINE_POINTS} points."
@@ -77,7 +77,8 @@ def job_series_csv(
     writer = csv.DictWriter(out, fieldnames=["start_at", "end_at", *series.GPU_FIELDS[2:]], lineterminator="\n")
     writer.writeheader()
     for row in series.as_rows(columns):
-        writer.writerow({"start_at": _iso(row.pop("start_s")), "end_at": _iso(row.pop("end_s")), **row})
+        row = {"start_at": _iso(row.pop("start_s")), "end_at": _iso(row.pop("end_s")), **row}
+        writer.writerow({name: csv_cell(value) for name, value in row.items()})
     return _csv(out.getvalue(), _filename(job_id, "series"))
 
 

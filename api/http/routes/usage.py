@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime
 
+from api.accounting.forecast import within_dates
 from api.accounting.pricing import TOTALS, price
 from api.http.auth import UnscopedReaderDep
 from api.http.deps import ConfigDep, EngineDep
@@ -31,6 +32,10 @@ def usage(
     """GPU-hours, energy, cost and CO2e per group over whole hours in [from, to), idle capacity included."""
     to_s = end.timestamp() if end else time.time()
     from_s = start.timestamp() if start else to_s - 30 * 86400
+    for name, value_s in (("from", from_s), ("to", to_s)):
+        if within_dates(value_s) is None:
+            raise HTTPException(status_code=422, detail=f"{name} = {value_s:.0f} s since 1970 (UTC): "
+                                                        "expected a time from 1970-01-01 to 9999-12-31")
     if from_s >= to_s:
         raise HTTPException(status_code=422, detail=f"from = {start} is not before to = {end}")
     groups = reads.usage_by_group(engine, group_by, from_s, to_s)

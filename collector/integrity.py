@@ -1,0 +1,128 @@
+"""What a batch may change, checked before it is written (the ingest route calls these).
+
+* A replay: the same (node, boot_id, seq) with the same content is a duplicate (acknowledged,
+  nothing written); with other content it is refused (``BatchConflict``, 409, both hashes).
+* GPU time: no GPU of a node may hold more GPU-seconds in a stretch of time than the stretch
+  is long (``collector.gputime``), counting what is already stored. A batch that would is
+  refused whole (409): from another agent boot of the same node name, as a second live agent;
+  else as an overlap with the node's own stored time.
+* Job metadata (name, user, account, budgets) is first-writer-wins from agents: a value that
+  differs from the stored one is not applied, and is logged and counted. An admin, or the
+  scheduler, changes it with ``collector.jobmeta.set_job_metadata``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, select
+from sqlalchemy.engine import Connection
+
+from collector.gputime import TOLERANCE_S, Excess, Span, excess
+from collector.models import GpuInterval, IngestedBatch, Job
+from collector.pieces import job_key
+from collector.schemas import BatchIn, spans_by_gpu
+
+log = logging.getLogger(__name__)
+batches_t, intervals_t, jobs_t = IngestedBatch.__table__, GpuInterval.__table__, Job.__table__
+AGENT_FIELDS = ("name", "user", "account", "budget_usd", "budget_co2e_kg")
+
+
+class BatchConflict(ValueError):
+    """A batch that contradicts what is stored; ``outcome`` is the metric label."""
+
+    def __init__(self, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataConflict:
+    job_id: str
+    field: str
+    stored: object
+    sent: object
+
+
+def check_batch(engine: Engine, batch: BatchIn) -> bool:
+    """True when this batch was applied before with the same content (a duplicate: write
+    nothing); raises ``BatchConflict`` when it contradicts what is stored; else False."""
+    digest = batch.content_hash()
+    with engine.connect() as conn:
+        stored = conn.execute(select(batches_t.c.content_hash).where(
+            batches_t.c.node == batch.node, batches_t.c.boot_id == batch.boot_id, batches_t.c.seq == batch.seq)).first()
+        if stored is not None:
+            if stored.content_hash is not None and stored.content_hash != digest:
+                raise BatchConflict(
+                    f"batch (node {batch.node!r}, boot_id {batch.boot_id!r}, seq {batch.seq}) was applied before "
+                    f"with content sha256 {stored.content_hash}; this one has sha256 {digest}: a replay must be "
+                    "identical, so it is refused and nothing of it is stored", "conflict")
+            return True
+        _check_gpu_time(conn, batch)
+    return False
+
+
+def _stored_spans(conn: Connection, batch: BatchIn) -> dict[str, list[tuple[Span, int]]]:
+    """The node's stored intervals within the batch's time, by GPU, with their batch seq."""
+    low_s, high_s = min(i.start_s for i in batch.intervals), max(i.end_s for i in batch.intervals)
+    rows = conn.execute(select(intervals_t.c.gpu_uuid, intervals_t.c.start_s, intervals_t.c.end_s,
+                               intervals_t.c.gpu_seconds, intervals_t.c.seq).where(
+        intervals_t.c.node == batch.node, intervals_t.c.end_s > low_s + TOLERANCE_S,
+        intervals_t.c.start_s < high_s - TOLERANCE_S))
+    stored: dict[str, list[tuple[Span, int]]] = {}
+    for row in rows:
+        stored.setdefault(row.gpu_uuid, []).append((Span(row.start_s, row.end_s, row.gpu_seconds, stored=True), row.seq))
+    return stored
+
+
+def _check_gpu_time(conn: Connection, batch: BatchIn) -> None:
+    if not batch.intervals:
+        return
+    stored = _stored_spans(conn, batch)
+    for uuid, spans in spans_by_gpu(batch).items():
+        if uuid not in stored:
+            continue
+        found = excess(spans + [span for span, _ in stored[uuid]])
+        if found is not None:
+            seqs = sorted({seq for span, seq in stored[uuid] if span.end_s > found.start_s and span.start_s < found.end_s})
+            raise _overlap(conn, batch, uuid, found, seqs)
+
+
+def _overlap(conn: Connection, batch: BatchIn, uuid: str, found: Excess, seqs: list[int]) -> BatchConflict:
+    boots = sorted(conn.execute(select(batches_t.c.boot_id).distinct().where(
+        batches_t.c.node == batch.node, batches_t.c.seq.in_(seqs))).scalars())
+    where = f"node {batch.node!r}, gpu_uuid {uuid!r}: {found.describe()}"
+    if boots and batch.boot_id not in boots:
+        return BatchConflict(
+            f"{where}: another agent (boot_id {', '.join(map(repr, boots))}) already reported this GPU's time; this "
+            f"agent (boot_id {batch.boot_id!r}) is refused. Are two agents running as node {batch.node!r}? "
+            "Give each node its own --node name (and token)", "overlap")
+    return BatchConflict(
+        f"{where}: the batch overlaps GPU time this node already stored (batch seq {', '.join(map(str, seqs))}); "
+        "no GPU's seconds may exceed wall-clock time, so it is refused and nothing of it is stored", "overlap")
+
+
+def keep_first_metadata(engine: Engine, batch: BatchIn) -> list[MetadataConflict]:
+    """Drop from ``batch.jobs`` every value that differs from the one stored (first writer
+    wins); the conflicts are logged and returned for counting. Call after ``check_batch``:
+    the content hash is of the batch as sent."""
+    described = [j for j in batch.jobs if any(getattr(j, f) is not None for f in AGENT_FIELDS)]
+    if not described:
+        return []
+    keys = {job_key(batch.cluster, j.id): j for j in described}
+    with engine.connect() as conn:
+        rows = conn.execute(select(jobs_t.c.job_id, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
+            and_(jobs_t.c.job_id.in_(sorted(keys))))).all()
+    conflicts = []
+    for row in rows:
+        job = keys[row.job_id]
+        for field in AGENT_FIELDS:
+            stored, sent = getattr(row, field), getattr(job, field)
+            if stored is not None and sent is not None and stored != sent:
+                conflicts.append(MetadataConflict(row.job_id, field, stored, sent))
+                setattr(job, field, None)  # the writer keeps the stored value where the batch has none
+    for c in conflicts:
+        log.warning("node %r: job %r %s = %r differs from the stored %r: not applied (first writer wins; "
+                    "an admin or the scheduler changes it)", batch.node, c.job_id, c.field, c.sent, c.stored)
+    return conflicts

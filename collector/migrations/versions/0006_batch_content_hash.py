@@ -1,0 +1,27 @@
+"""batch content hash (a replay must be identical) and raw intervals by node and time (no GPU's
+time stored twice)
+
+Revision ID: 0006_integrity
+Revises: 0005
+Create Date: 2026-12-01
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0006_integrity'
+down_revision = '0005'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('ingested_batches') as batch:
+        batch.add_column(sa.Column('content_hash', sa.String(length=64), nullable=True))
+    op.create_index('ix_gpu_intervals_node_end_s', 'gpu_intervals', ['node', 'end_s'], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index('ix_gpu_intervals_node_end_s', table_name='gpu_intervals')
+    with op.batch_alter_table('ingested_batches') as batch:
+        batch.drop_column('content_hash')
