@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
 from collector.gputime import TOLERANCE_S, Excess, Span, excess
@@ -112,17 +112,32 @@ def keep_first_metadata(engine: Engine, batch: BatchIn) -> list[MetadataConflict
         return []
     keys = {job_key(batch.cluster, j.id): j for j in described}
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs_t.c.job_id, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
-            and_(jobs_t.c.job_id.in_(sorted(keys))))).all()
+        rows = conn.execute(select(jobs_t.c.job_id, jobs_t.c.metadata_source, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
+            jobs_t.c.job_id.in_(sorted(keys)))).all()
     conflicts = []
     for row in rows:
         job = keys[row.job_id]
         for field in AGENT_FIELDS:
             stored, sent = getattr(row, field), getattr(job, field)
             if stored is not None and sent is not None and stored != sent:
-                conflicts.append(MetadataConflict(row.job_id, field, stored, sent))
                 setattr(job, field, None)  # the writer keeps the stored value where the batch has none
+                if row.metadata_source is None:  # set by an admin or the scheduler: expected to differ
+                    conflicts.append(MetadataConflict(row.job_id, field, stored, sent))
     for c in conflicts:
-        log.warning("node %r: job %r %s = %r differs from the stored %r: not applied (first writer wins; "
-                    "an admin or the scheduler changes it)", batch.node, c.job_id, c.field, c.sent, c.stored)
+        _warn_once(batch.node, c)
     return conflicts
+
+
+_warned: set[tuple[str, str, str, str]] = set()
+
+
+def _warn_once(node: str, c: MetadataConflict) -> None:
+    """One log line per (node, job, field, value) and process: agents resend metadata every batch."""
+    key = (node, c.job_id, c.field, repr(c.sent))
+    if key in _warned:
+        return
+    if len(_warned) > 10_000:
+        _warned.clear()
+    _warned.add(key)
+    log.warning("node %r: job %r %s = %r differs from the stored %r: not applied (first writer wins; "
+                "an admin or the scheduler changes it)", node, c.job_id, c.field, c.sent, c.stored)

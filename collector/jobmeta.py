@@ -36,7 +36,7 @@ def set_job_metadata(engine: Engine, job_id: str, values: dict[str, Any], source
             return None
         before = dict(row._mapping)
         if values:
-            conn.execute(update(jobs_t).where(jobs_t.c.job_id == job_id).values(**values))
+            conn.execute(update(jobs_t).where(jobs_t.c.job_id == job_id).values(**values, metadata_source=source))
     changed = {f: (before[f], v) for f, v in values.items() if before[f] != v}
     if changed:
         log.info("job %r metadata set by %s: %s", job_id, source,

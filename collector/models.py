@@ -66,6 +66,7 @@ class Job(SQLModel, table=True):
     total_steps: float | None = None
     expected_end_s: float | None = None
     progress_at_s: float | None = None
+    metadata_source: str | None = Field(default=None, max_length=16)  # admin | scheduler; None: agents (first writer)
 
 
 class JobHour(SQLModel, table=True):

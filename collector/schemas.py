@@ -16,7 +16,7 @@ NETWORK_COUNTER_NAMES = tuple(NETWORK_COUNTERS)
 MAX_INTERVAL_S = 3600.0  # agents cut at every push; an hour-long interval means a broken agent
 MAX_POWER_W = 10_000.0  # no single GPU board draws 10 kW
 MAX_TIME_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z: any later timestamp is a broken clock
-MAX_COUNTER = 2.0**64  # one record's share of a port counter: a 64-bit counter cannot grow more
+MAX_COUNTER = 1e18  # one record's share of a port counter: 20x 256 ports at 400 Gb/s for an hour
 MAX_BYTES = 2**53  # memory in bytes: 8 PiB, far above any GPU, still exact as a float
 MAX_BUDGET = 1e12  # dollars or kg CO2e: a trillion is no job's budget
 

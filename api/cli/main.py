@@ -111,7 +111,7 @@ def report(
         raise typer.Exit(2)
     try:
         if convention:
-            body = fetch(server, job, token, suffix=f"/footprint?convention={convention}")
+            body = fetch(server, job, token, resource="footprint", query=f"?convention={convention}")
             typer.echo(body["markdown"] if format == "md" else json.dumps(body, indent=2))
         else:
             typer.echo(render(fetch(server, job, token), format))

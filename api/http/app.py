@@ -61,8 +61,8 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     app.add_middleware(BodySizeLimit)
     errors.install(app)
     app.include_router(ingest.router)
-    app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
-    app.include_router(series.router)  # before jobs, as ledger
+    app.include_router(ledger.router)  # before jobs: their former /v1/jobs/{id}/... paths must match first
+    app.include_router(series.router)
     app.include_router(jobs.router)
     app.include_router(usage.router)
     install_web(app)  # the web page at /, its files under /static

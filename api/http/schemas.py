@@ -163,6 +163,15 @@ class BudgetIn(BaseModel):
     co2e_kg: float | None = Field(default=None, ge=0, le=MAX_BUDGET)
 
 
+class JobMetadataIn(BaseModel):
+    """Fields to set (null clears one); a field left out is kept. Agents cannot change them afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    user: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    account: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
 class GpuSeries(BaseModel):
     """One value per bucket, oldest first: hours from the rollups, then the last hours in finer buckets."""
 

@@ -35,8 +35,9 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def fetch(server: str, job_id: str, token: str | None = None, suffix: str = "") -> dict[str, Any]:
-    url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}{suffix}"
+def fetch(server: str, job_id: str, token: str | None = None, resource: str = "jobs", query: str = "") -> dict[str, Any]:
+    """``GET /v1/<resource>/<job id>`` (the id percent-encoded whole, so no id is read as a path)."""
+    url = f"{server.rstrip('/')}/v1/{resource}/{quote(job_id, safe='')}{query}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with httpx.Client(timeout=10.0, headers=headers) as http:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -49,8 +51,26 @@ def visible_job(engine: Engine, job_id: str, principal: Principal) -> dict[str, 
 
 @router.get("/v1/jobs/{job_id:path}", response_model=JobReport)
 def get_job(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> JobReport:
-    """One job's report, with every rate applied so the arithmetic can be checked."""
+    """One job's report, with every rate applied so the arithmetic can be checked. Send the id
+    percent-encoded as one segment (`/v1/jobs/demo%2F1001`) or as is (`/v1/jobs/demo/1001`):
+    either way every id reaches its own report, whatever it looks like (`series`,
+    `j1/series`, `../x`). A job's other resources are on paths no id can take:
+    `/v1/series/{job_id}`, `/v1/footprint/{job_id}`, …"""
     job = visible_job(engine, job_id, principal)
     (report,) = build_reports(engine, [job], config)
     network = network_report(reads.network(engine, job_id))
     return JobReport(**report, as_of=now(), network=network, network_congestion=None if network is None else network["congestion"])
+
+
+def id_wins(suffix: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """The former route ``/v1/jobs/{job_id}/<suffix>`` for ``handler``, kept for old clients,
+    where a job whose id is the whole path (``<job_id>/<suffix>``) gets its own report."""
+
+    @functools.wraps(handler)
+    def alias(**kwargs: Any) -> Any:
+        whole = f"{kwargs['job_id']}/{suffix}"
+        if reads.get_job(kwargs["engine"], whole) is not None:
+            return get_job(whole, kwargs["engine"], kwargs["config"], kwargs["principal"])
+        return handler(**kwargs)
+
+    return alias

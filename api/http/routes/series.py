@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from api.accounting.rates import LedgerConfig
 from api.http.auth import Principal, ReaderDep
 from api.http.deps import ConfigDep, EngineDep
-from api.http.routes.jobs import get_job, visible_job
+from api.http.routes.jobs import get_job, id_wins, visible_job
 from api.http.schemas import JobSeries
 from api.reports import series
 from api.reports.job import build_reports, now
@@ -43,7 +43,7 @@ def _series(job_id: str, engine: Engine, config: LedgerConfig, principal: Princi
     )
 
 
-@router.get("/v1/jobs/{job_id:path}/series", response_model=JobSeries)
+@router.get("/v1/series/{job_id:path}", response_model=JobSeries)
 def job_series(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     step_s: Annotated[int | None, Query(description=STEP_HELP)] = None,
@@ -65,7 +65,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
-@router.get("/v1/jobs/{job_id:path}/series.csv", response_class=Response,
+@router.get("/v1/series.csv/{job_id:path}", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "One row per bucket."}})
 def job_series_csv(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
@@ -82,9 +82,15 @@ def job_series_csv(
     return _csv(out.getvalue(), _filename(job_id, "series"))
 
 
-@router.get("/v1/jobs/{job_id:path}/report.csv", response_class=Response,
+@router.get("/v1/report.csv/{job_id:path}", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "A header and one row."}})
 def job_report_csv(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> Response:
     """The job's report as CSV: the columns of `gpuledger report --format csv`."""
     report = get_job(job_id, engine, config, principal)
     return _csv(render(report.model_dump(mode="json"), "csv") + "\n", _filename(job_id, "report"))
+
+
+# The former paths, after a job id: hidden, and a job whose id ends like them keeps its report.
+for _suffix, _handler in (("series", job_series), ("series.csv", job_series_csv), ("report.csv", job_report_csv)):
+    router.add_api_route(f"/v1/jobs/{{job_id:path}}/{_suffix}", id_wins(_suffix, _handler), methods=["GET"],
+                         include_in_schema=False, response_model=None)

@@ -1,5 +1,5 @@
-"""batch content hash (a replay must be identical) and raw intervals by node and time (no GPU's
-time stored twice)
+"""batch content hash (a replay must be identical), raw intervals by node and time (no GPU's
+time stored twice), who set a job's metadata (agents cannot override an admin or the scheduler)
 
 Revision ID: 0006_integrity
 Revises: 0005
@@ -19,9 +19,13 @@ def upgrade() -> None:
     with op.batch_alter_table('ingested_batches') as batch:
         batch.add_column(sa.Column('content_hash', sa.String(length=64), nullable=True))
     op.create_index('ix_gpu_intervals_node_end_s', 'gpu_intervals', ['node', 'end_s'], unique=False)
+    with op.batch_alter_table('jobs') as batch:
+        batch.add_column(sa.Column('metadata_source', sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs') as batch:
+        batch.drop_column('metadata_source')
     op.drop_index('ix_gpu_intervals_node_end_s', table_name='gpu_intervals')
     with op.batch_alter_table('ingested_batches') as batch:
         batch.drop_column('content_hash')
