@@ -45,10 +45,17 @@ class MetadataConflict:
     sent: object
 
 
-def check_batch(engine: Engine, batch: BatchIn) -> bool:
-    """True when this batch was applied before with the same content (a duplicate: write
-    nothing); raises ``BatchConflict`` when it contradicts what is stored; else False."""
-    digest = batch.content_hash()
+@dataclass(frozen=True, slots=True)
+class Checked:
+    duplicate: bool  # applied before with the same content: write nothing, acknowledge
+    metadata_conflicts: list[MetadataConflict]  # values dropped from batch.jobs, to count
+
+
+def check_batch(engine: Engine, batch: BatchIn) -> Checked:
+    """Everything a batch must agree with in the database, in one connection: raises
+    ``BatchConflict`` when it contradicts what is stored; drops the job metadata values that
+    differ from the stored ones (``keep_first_metadata``)."""
+    digest = batch.content_hash()  # of the batch as sent, before any value is dropped
     with engine.connect() as conn:
         stored = conn.execute(select(batches_t.c.content_hash).where(
             batches_t.c.node == batch.node, batches_t.c.boot_id == batch.boot_id, batches_t.c.seq == batch.seq)).first()
@@ -58,9 +65,9 @@ def check_batch(engine: Engine, batch: BatchIn) -> bool:
                     f"batch (node {batch.node!r}, boot_id {batch.boot_id!r}, seq {batch.seq}) was applied before "
                     f"with content sha256 {stored.content_hash}; this one has sha256 {digest}: a replay must be "
                     "identical, so it is refused and nothing of it is stored", "conflict")
-            return True
+            return Checked(duplicate=True, metadata_conflicts=[])
         _check_gpu_time(conn, batch)
-    return False
+        return Checked(duplicate=False, metadata_conflicts=keep_first_metadata(conn, batch))
 
 
 def _stored_spans(conn: Connection, batch: BatchIn) -> dict[str, list[tuple[Span, int]]]:
@@ -103,17 +110,16 @@ def _overlap(conn: Connection, batch: BatchIn, uuid: str, found: Excess, seqs: l
         "no GPU's seconds may exceed wall-clock time, so it is refused and nothing of it is stored", "overlap")
 
 
-def keep_first_metadata(engine: Engine, batch: BatchIn) -> list[MetadataConflict]:
+def keep_first_metadata(conn: Connection, batch: BatchIn) -> list[MetadataConflict]:
     """Drop from ``batch.jobs`` every value that differs from the one stored (first writer
-    wins); the conflicts are logged and returned for counting. Call after ``check_batch``:
-    the content hash is of the batch as sent."""
+    wins); the conflicts with other agents are logged and returned for counting (a value an
+    admin or the scheduler set is expected to differ from what agents send)."""
     described = [j for j in batch.jobs if any(getattr(j, f) is not None for f in AGENT_FIELDS)]
     if not described:
         return []
     keys = {job_key(batch.cluster, j.id): j for j in described}
-    with engine.connect() as conn:
-        rows = conn.execute(select(jobs_t.c.job_id, jobs_t.c.metadata_source, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
-            jobs_t.c.job_id.in_(sorted(keys)))).all()
+    rows = conn.execute(select(jobs_t.c.job_id, jobs_t.c.metadata_source, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
+        jobs_t.c.job_id.in_(sorted(keys)))).all()
     conflicts = []
     for row in rows:
         job = keys[row.job_id]

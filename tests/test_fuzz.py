@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from collector import tokens
 from collector.db import make_engine
@@ -60,6 +61,7 @@ def seed(url: str, node_token: str) -> None:
 
 
 @BACKENDS
+@pytest.mark.timeout(3600)  # the full run (GPULEDGER_FUZZ_CASES=5000) takes minutes per backend
 def test_schemathesis_with_tokens_finds_no_server_error_and_rejections_store_nothing(db_url, tmp_path):
     assert shutil.which(SCHEMATHESIS) or Path(SCHEMATHESIS).exists()
     engine = make_engine(db_url)

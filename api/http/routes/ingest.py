@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from api.http.auth import NodeDep, authorize_ingest
 from api.http.schemas import IngestAck
 from collector.ingest import check
-from collector.integrity import check_batch, keep_first_metadata
+from collector.integrity import check_batch
 from collector.schemas import BatchIn
 from collector.stats import IngestStats
 from collector.writer import GroupWriter
@@ -40,10 +40,11 @@ def ingest(
     started = time.perf_counter()
     authorize_ingest(principal, batch.node)
     check(batch, time.time())
-    if check_batch(writer.engine, batch):
+    checked = check_batch(writer.engine, batch)
+    if checked.duplicate:
         stats.applied(False, len(batch.intervals), time.perf_counter() - started)
         return IngestAck(applied=False, intervals=len(batch.intervals))
-    for conflict in keep_first_metadata(writer.engine, batch):
+    for conflict in checked.metadata_conflicts:
         stats.metadata_conflict(conflict.field)
     result = writer.submit(batch)
     stats.applied(result.applied, result.intervals, time.perf_counter() - started)
