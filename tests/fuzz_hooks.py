@@ -37,7 +37,7 @@ def snapshot(engine: Engine) -> dict[str, Any]:
     counts_query = union_all(*[select(literal(name).label("t"), func.count().label("n")).select_from(table(name))
                                for name in _tables[url]])
     with engine.connect() as conn:
-        counts = {name: n for name, n in conn.execute(counts_query)}
+        counts = {str(name): int(n) for name, n in conn.execute(counts_query).all()}
         hours = JobHour.__table__
         sums = tuple(conn.execute(select(func.sum(hours.c.gpu_seconds), func.sum(hours.c.energy_j))).one())
         jobs = Job.__table__
