@@ -19,7 +19,7 @@ from api.reports.series import FINE_WINDOW_S, MAX_FINE_POINTS, STEPS_S, complete
 from tests.conftest import BACKENDS, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB = ROOT / "api" / "web"
+WEB = ROOT / "api" / "http" / "web"
 NOW = time.time()
 H = math.floor(NOW / 3600) * 3600 - 3600  # an hour boundary one to two hours ago
 OLD_START = H - 8 * 3600 + 600  # one interval in an hour the series gives as an hourly point
@@ -211,7 +211,7 @@ def test_pages_open_data_by_token_role(db_url, tmp_path):
         nlp = gpuledger("token", "create", "--role", "reader", "--account", "nlp", "--db", db_url)
         auth = {"Authorization": f"Bearer {node}"}
         send(server.url, "n1", 0, [interval("A", H, H + 60)], headers=auth)
-        send(server.url, "n1", 1, [{**interval("A", H, H + 60), "job": "2"}], headers=auth,
+        send(server.url, "n1", 1, [{**interval("B", H, H + 60), "job": "2"}], headers=auth,
              job={"id": "2", "user": "bob", "account": "cv"})
         for path in ("/", "/jobs/c/1", "/static/jobs.js", "/static/job.js", "/static/vendor/uplot/uPlot.iife.min.js"):
             assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path  # no token needed

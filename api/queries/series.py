@@ -116,7 +116,7 @@ def nodes_latest_end(engine: Engine, job_id: str, since_s: float) -> dict[str, f
     c = intervals_t.c
     query = select(c.node, func.max(c.end_s)).where(c.job_id == job_id, c.end_s > since_s).group_by(c.node)
     with engine.connect() as conn:
-        return {node: end_s for node, end_s in conn.execute(query)}
+        return dict(conn.execute(query).tuples().all())
 
 
 NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits")
