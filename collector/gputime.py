@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-TOLERANCE_S = 1e-3  # float time stamps of contiguous intervals; far below one sample period
+TOLERANCE_S = 0.01  # clock jitter between contiguous intervals: 0.1 % of a 10 s push, far below a sample
 RELATIVE_TOLERANCE = 1e-9
 
 

@@ -55,19 +55,32 @@ def check_batch(engine: Engine, batch: BatchIn) -> Checked:
     """Everything a batch must agree with in the database, in one connection: raises
     ``BatchConflict`` when it contradicts what is stored; drops the job metadata values that
     differ from the stored ones (``keep_first_metadata``)."""
-    digest = batch.content_hash()  # of the batch as sent, before any value is dropped
     with engine.connect() as conn:
-        stored = conn.execute(select(batches_t.c.content_hash).where(
-            batches_t.c.node == batch.node, batches_t.c.boot_id == batch.boot_id, batches_t.c.seq == batch.seq)).first()
-        if stored is not None:
-            if stored.content_hash is not None and stored.content_hash != digest:
-                raise BatchConflict(
-                    f"batch (node {batch.node!r}, boot_id {batch.boot_id!r}, seq {batch.seq}) was applied before "
-                    f"with content sha256 {stored.content_hash}; this one has sha256 {digest}: a replay must be "
-                    "identical, so it is refused and nothing of it is stored", "conflict")
+        if _applied_before(conn, batch):
             return Checked(duplicate=True, metadata_conflicts=[])
-        _check_gpu_time(conn, batch)
+        try:
+            _check_gpu_time(conn, batch)
+        except BatchConflict:
+            conn.rollback()  # a new snapshot (PostgreSQL): another collector may have applied this very batch since
+            if _applied_before(conn, batch):
+                return Checked(duplicate=True, metadata_conflicts=[])
+            raise
         return Checked(duplicate=False, metadata_conflicts=keep_first_metadata(conn, batch))
+
+
+def _applied_before(conn: Connection, batch: BatchIn) -> bool:
+    """Whether this (node, boot_id, seq) is stored; ``BatchConflict`` if with other content."""
+    digest = batch.content_hash()  # of the batch as sent, before any value is dropped
+    stored = conn.execute(select(batches_t.c.content_hash).where(
+        batches_t.c.node == batch.node, batches_t.c.boot_id == batch.boot_id, batches_t.c.seq == batch.seq)).first()
+    if stored is None:
+        return False
+    if stored.content_hash is not None and stored.content_hash != digest:
+        raise BatchConflict(
+            f"batch (node {batch.node!r}, boot_id {batch.boot_id!r}, seq {batch.seq}) was applied before "
+            f"with content sha256 {stored.content_hash}; this one has sha256 {digest}: a replay must be "
+            "identical, so it is refused and nothing of it is stored", "conflict")
+    return True
 
 
 def _stored_spans(conn: Connection, batch: BatchIn) -> dict[str, list[tuple[Span, int]]]:
