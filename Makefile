@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/gpuledger demo
 
-test: install
+# The contracts first (lint, types, import layers), then the suite.
+lint: install
+	$(BIN)/ruff check agent collector api tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -28,6 +28,7 @@ class JobRef:
     account: str | None = None
     budget_usd: float | None = None
     budget_co2e_kg: float | None = None
+    release: str | None = None  # GPULEDGER_RELEASE: groups jobs into a model card (e.g. llama-2)
 
 
 Owners = tuple[JobRef, ...]  # several owners share the GPU equally; empty: unallocated
@@ -76,12 +77,13 @@ def job_from_environ(env: Mapping[str, str]) -> JobRef | None:
     """
     user = env.get("GPULEDGER_JOB_USER") or env.get("SLURM_JOB_USER") or env.get("USER")
     budget = (_amount(env, "GPULEDGER_BUDGET_USD"), _amount(env, "GPULEDGER_BUDGET_CO2E_KG"))
+    release = (env.get("GPULEDGER_RELEASE") or "").strip()[:256] or None
     if job_id := env.get("GPULEDGER_JOB_ID"):
-        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"), *budget)
+        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"), *budget, release)
     if job_id := env.get("SLURM_JOB_ID"):
-        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"), *budget)
+        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"), *budget, release)
     if job_id := env.get("TORCHELASTIC_RUN_ID"):
-        return JobRef(job_id, None, user, None, *budget)
+        return JobRef(job_id, None, user, None, *budget, release)
     return None
 
 
@@ -170,4 +172,4 @@ class Attributor:
 
 
 def _richness(job: JobRef) -> int:
-    return sum(value is not None for value in (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg))
+    return sum(value is not None for value in (job.name, job.user, job.account, job.budget_usd, job.budget_co2e_kg, job.release))

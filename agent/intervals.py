@@ -82,6 +82,7 @@ class IntervalCutter:
             {"id": j.job_id, "name": j.name, "user": j.user, "account": j.account}
             | ({"budget_usd": j.budget_usd} if j.budget_usd is not None else {})
             | ({"budget_co2e_kg": j.budget_co2e_kg} if j.budget_co2e_kg is not None else {})
+            | ({"release": j.release} if j.release is not None else {})
             for j in self._jobs.values()
         ]
         self._open.clear()

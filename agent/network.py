@@ -61,7 +61,7 @@ def node_step(
             continue
         deltas = increases[(port.device, port.port)] if increases is not None else port_deltas(old, port)
         for wire, names in NETWORK_COUNTERS.items():
-            values = [deltas[n] for n in names if deltas.get(n) is not None]
+            values = [v for n in names if (v := deltas.get(n)) is not None]
             if values:
                 counters[wire] = counters.get(wire, 0.0) + sum(values)
         port_tx = (deltas.get("tx_bytes") or 0) * 8 / seconds / 1e9

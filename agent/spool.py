@@ -102,7 +102,7 @@ class Spool:
             for entry in list(self._entries.values()):
                 if (doc := self._read(entry.path)) is not None:
                     self._pinned = entry.index
-                    return doc["batch"]  # type: ignore[no-any-return]
+                    return doc["batch"]
             return None
 
     def mark_sent(self, batch: Record) -> None:

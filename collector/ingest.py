@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Engine, case, func
 from sqlalchemy.engine import Connection
@@ -152,10 +153,11 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
                     "user": info.user if info else None, "account": info.account if info else None,
                     "budget_usd": info.budget_usd if info else None,
                     "budget_co2e_kg": info.budget_co2e_kg if info else None,
+                    "release": info.release if info else None,
                     "state": RUNNING, "first_seen_s": i.start_s, "last_seen_s": i.end_s, "ended_s": None,
                 }
-            row["first_seen_s"] = min(row["first_seen_s"], i.start_s)  # type: ignore[type-var]
-            row["last_seen_s"] = max(row["last_seen_s"], i.end_s)  # type: ignore[type-var]
+            row["first_seen_s"] = min(cast(float, row["first_seen_s"]), i.start_s)
+            row["last_seen_s"] = max(cast(float, row["last_seen_s"]), i.end_s)
     return [rows[key] for key in sorted(rows)]
 
 
@@ -172,6 +174,7 @@ def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
             "account": func.coalesce(jobs_t.c.account, new.account),
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
+            "release": func.coalesce(jobs_t.c.release, new.release),  # an admin's label is kept
             "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),
             "last_seen_s": case((new.last_seen_s > jobs_t.c.last_seen_s, new.last_seen_s), else_=jobs_t.c.last_seen_s),
             # Only data newer than any seen revives an ended job; a late replay does not.

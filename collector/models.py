@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index
+from typing import ClassVar
+
+from sqlalchemy import BigInteger, Column, Index, Table
 from sqlmodel import Field, SQLModel
 
 RUNNING = "running"
 ENDED = "ended"
 
 
-class IngestedBatch(SQLModel, table=True):
+class TableModel(SQLModel):
+    """A table's model; ``__table__`` typed for the Core statements that read and write it."""
+
+    __table__: ClassVar[Table]
+
+
+class IngestedBatch(TableModel, table=True):
     """Identity of every applied batch: the same (node, boot_id, seq) is never applied twice."""
 
     __tablename__ = "ingested_batches"
@@ -22,7 +30,7 @@ class IngestedBatch(SQLModel, table=True):
     content_hash: str | None = Field(default=None, max_length=64)  # sha256 of the batch as sent (collector.integrity)
 
 
-class GpuInterval(SQLModel, table=True):
+class GpuInterval(TableModel, table=True):
     """Raw intervals as the agents cut them; reports never read these, a job's charts read its last hours."""
 
     __tablename__ = "gpu_intervals"
@@ -47,7 +55,7 @@ class GpuInterval(SQLModel, table=True):
     max_memory_used_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
-class Job(SQLModel, table=True):
+class Job(TableModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_first_seen_s", "first_seen_s"),)
     job_id: str = Field(primary_key=True, max_length=300)  # "<cluster>/<local id>"
@@ -66,10 +74,12 @@ class Job(SQLModel, table=True):
     total_steps: float | None = None
     expected_end_s: float | None = None
     progress_at_s: float | None = None
+    release: str | None = Field(default=None, max_length=256, index=True)  # model-card group, e.g. llama-2
+    source: str = Field(default="agent", max_length=16, sa_column_kwargs={"server_default": "agent"})  # or "declared"
     metadata_source: str | None = Field(default=None, max_length=16)  # admin | scheduler; None: agents (first writer)
 
 
-class JobHour(SQLModel, table=True):
+class JobHour(TableModel, table=True):
     """Hourly rollup per (job, hour, datacenter, GPU model), maintained incrementally on ingest."""
 
     __tablename__ = "job_hours"
@@ -81,9 +91,11 @@ class JobHour(SQLModel, table=True):
     busy_gpu_seconds: float
     energy_j: float
     energy_counter_j: float  # the part of energy_j measured by the hardware counter
+    energy_declared_j: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # declared on import
+    energy_estimated_j: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # GPU-hours × TDP on import
 
 
-class JobGpu(SQLModel, table=True):
+class JobGpu(TableModel, table=True):
     """Every GPU a job has run on, for its node and GPU counts."""
 
     __tablename__ = "job_gpus"
@@ -92,7 +104,7 @@ class JobGpu(SQLModel, table=True):
     gpu_uuid: str = Field(primary_key=True, max_length=128)
 
 
-class JobNetHour(SQLModel, table=True):
+class JobNetHour(TableModel, table=True):
     """Hourly RoCE rollup per (job, hour, node). A counter no port reported stays NULL."""
 
     __tablename__ = "job_net_hours"
@@ -118,7 +130,7 @@ class JobNetHour(SQLModel, table=True):
     link_down_port_seconds: float
 
 
-class GridIntensity(SQLModel, table=True):
+class GridIntensity(TableModel, table=True):
     """Hourly grid carbon intensity per region (imported or fetched from a provider)."""
 
     __tablename__ = "grid_intensity"
@@ -128,3 +140,23 @@ class GridIntensity(SQLModel, table=True):
     source: str = Field(max_length=64)
     estimated: bool = False
     updated_at_s: float
+
+
+class DeclaredUsage(TableModel, table=True):
+    """Usage declared by import (`gpuledger import`, `POST /v1/usage/declared`), one row per
+    (job, datacenter, GPU model, start, end): a re-import replaces its row, so it is idempotent.
+    The job's hourly rollups are derived from its rows."""
+
+    __tablename__ = "declared_usage"
+    __table_args__ = (Index("ix_declared_usage_job_id", "job_id"),)
+    row_key: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(max_length=300)
+    datacenter: str = Field(max_length=128)
+    gpu_model: str = Field(max_length=128)
+    start_s: float
+    end_s: float
+    gpu_seconds: float
+    energy_j: float
+    energy_source: str = Field(max_length=16)  # "declared" or "tdp_estimate"
+    power_w: float | None = None  # the power the estimate used
+    imported_at_s: float

@@ -105,6 +105,7 @@ class JobIn(Strict):
     account: Text | None = None
     budget_usd: Budget | None = None
     budget_co2e_kg: Budget | None = None
+    release: Text | None = None  # GPULEDGER_RELEASE in the job's environment
 
 
 class BatchIn(Strict):

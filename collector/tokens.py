@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
+
+from collector.models import TableModel
 
 PREFIX = "glt_"
 KINDS = ("node", "reader", "admin")
@@ -42,7 +44,7 @@ _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{1,32}$")
 _MAX_TOKEN_LEN = 256
 
 
-class ApiToken(SQLModel, table=True):
+class ApiToken(TableModel, table=True):
     __tablename__ = "api_tokens"
     token_id: str = Field(primary_key=True, max_length=32)
     kind: str = Field(max_length=16)  # node | reader | admin

@@ -46,7 +46,7 @@ RECORDING_RULES = ROOT / "deploy" / "prometheus" / "rules" / "gpuledger-recordin
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "rules" / "gpuledger-alerts.yml"
 
 _HISTOGRAMS = ("gpuledger_agent_cycle_seconds", "gpuledger_collector_ingest_seconds")
-# The contract between the exporters (agent/exporter.py, api/metrics.py, api/jobmetrics.py,
+# The contract between the exporters (agent/exporter.py, api/reports/budgets.py, api/reports/jobmetrics.py,
 # the collector's ingest stats) and the rules and dashboards. ``up`` is Prometheus's own.
 METRICS = frozenset({
     "up",

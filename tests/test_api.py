@@ -92,14 +92,14 @@ def test_report_command_prints_table_json_and_csv(loaded):
     table = run("c/2").stdout
     assert "cost_usd" in table and "usd_per_gpu_hour[NVIDIA H100 80GB HBM3] = 6.0" in table
     missing = run("c/99")
-    assert missing.returncode == 1 and "404: job_id 'c/99' not found" in missing.stderr
+    assert missing.returncode == 2 and "404: job_id 'c/99' not found" in missing.stderr
     assert run("c/2", "--format", "xml").returncode == 2
 
 
 def test_report_command_without_server_says_so():
     result = subprocess.run([sys.executable, "-m", "api.cli.main", "report", "c/1", "--server", "http://127.0.0.1:9"],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "cannot reach the server at http://127.0.0.1:9" in result.stderr
 
 

@@ -507,4 +507,4 @@ def test_token_create_command_errors(cli_db, args, message):
 
 def test_token_create_command_bad_database(tmp_path):
     result = CliRunner().invoke(_cli(), ["create", "--role", "admin", "--db", "mysql://nope"])
-    assert result.exit_code == 2 and "expected a sqlite:/// or postgresql+psycopg:// URL" in result.stderr
+    assert result.exit_code == 2 and "expected a sqlite:///FILE or postgresql+psycopg://USER@HOST/DB URL" in result.stderr

@@ -48,7 +48,7 @@ def test_node_tokens_reader_tokens_and_refusals(db_url, tmp_path):
         accepted = run_agent(server.url, tokens["n0"], epoch)
         assert len(accepted.queue) == 0 and accepted.rejected == 0
         anonymous = gpuledger("report", "f/1", "--server", server.url)
-        assert anonymous.returncode == 1 and "401" in anonymous.stderr
+        assert anonymous.returncode == 2 and "401" in anonymous.stderr
         report = gpuledger("report", "f/1", "--server", server.url, "--format", "json", "--token", tokens["reader"])
         assert report.returncode == 0 and '"gpu_hours": 0.1333' in report.stdout  # n0's 4 GPUs x 120 s
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # open by default

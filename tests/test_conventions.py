@@ -132,18 +132,18 @@ def test_llama2_model_card_markdown():
     assert lines[0] == "**CO2 emissions during pretraining**"
     assert lines[2] == (
         "| GPU type | GPU-hours | Power (W) | PUE | Intensity (gCO2e/kWh) | Location-based (tCO2eq) "
-        "| Market-based (tCO2eq) | Embodied (tCO2eq) |"
+        "| Market-based (tCO2eq) | Embodied (tCO2eq) | Embodied GPUs (tCO2eq) | Embodied servers (tCO2eq) |"
     )
-    assert lines[3] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    assert "| A100-80GB | 1,038,336 | 350 | 1.00 | 423.5 | 153.90 | 0.00 | 0.00 |" in lines
-    assert lines[8] == "| Total | 3,311,616 |  |  |  | 539.00 | 0.00 | 0.00 |"
+    assert lines[3] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    assert "| A100-80GB | 1,038,336 | 350 | 1.00 | 423.5 | 153.90 | 0.00 | 0.00 | - | - |" in lines
+    assert lines[8] == "| Total | 3,311,616 |  |  |  | 539.00 | 0.00 | 0.00 | - | - |"
     assert len([line for line in lines if line.startswith("| A100-80GB |")]) == 4
     assert "TDP" in text
 
     # Default rounding is half up.
     rounded = model_card_markdown(_llama2_rows(), "x").splitlines()
-    assert rounded[5] == "| A100-80GB | 368,640 | 400 | 1.00 | 423.5 | 62.45 | 0.00 | 0.00 |"
-    assert rounded[8] == "| Total | 3,311,616 |  |  |  | 539.00 | 0.00 | 0.00 |"
+    assert rounded[5] == "| A100-80GB | 368,640 | 400 | 1.00 | 423.5 | 62.45 | 0.00 | 0.00 | - | - |"
+    assert rounded[8] == "| Total | 3,311,616 |  |  |  | 539.00 | 0.00 | 0.00 | - | - |"
 
 
 JOB = FootprintInput(
@@ -183,11 +183,16 @@ def test_measured_vs_tdp_hand_computed():
     for row in (tdp, measured):
         assert row.energy_kwh == pytest.approx(row.gpu_hours * row.power_w / 1000)
 
+    # Below a tonne the card states kg (it printed 0.34 t and 0.01 t before).
+    assert "Location-based (kgCO2eq)" in model_card_markdown([tdp], "t").splitlines()[2]
     assert model_card_markdown([tdp], "t").splitlines()[4] == (
-        "| H100 | 1,000 | 700 | 1.20 | 400 | 0.34 | 0.00 | 0.01 |"
+        "| H100 | 1,000 | 700 | 1.20 | 400 | 336.00 | 0.00 | 10.30 | - | - |"
     )
     assert model_card_markdown([measured], "m").splitlines()[4] == (
-        "| H100 | 1,000 | 450 | 1.20 | 400 | 0.22 | 0.00 | 0.01 |"
+        "| H100 | 1,000 | 450 | 1.20 | 400 | 216.00 | 0.00 | 10.30 | - | - |"
+    )
+    assert model_card_markdown([tdp], "t", unit="t").splitlines()[4] == (
+        "| H100 | 1,000 | 700 | 1.20 | 400 | 0.34 | 0.00 | 0.01 | - | - |"
     )
 
 
@@ -196,8 +201,8 @@ def test_market_not_configured_is_none_and_dash():
     rows = [footprint(job, "measured"), footprint(job, "measured")]
     assert rows[0].market_tco2e is None
     lines = model_card_markdown(rows, "two jobs").splitlines()
-    assert lines[4] == "| H100 | 1,000 | 450 | 1.20 | 400 | 0.22 | - | 0.01 |"
-    assert lines[6] == "| Total | 2,000 |  |  |  | 0.43 | - | 0.02 |"
+    assert lines[4] == "| H100 | 1,000 | 450 | 1.20 | 400 | 216.00 | - | 10.30 | - | - |"
+    assert lines[6] == "| Total | 2,000 |  |  |  | 432.00 | - | 20.60 | - | - |"
 
 
 def test_unknown_convention_names_the_value():

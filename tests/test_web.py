@@ -146,11 +146,11 @@ def test_series_network_by_hour_and_the_verdict_in_the_list(ledger):
     net = body["network"]
     assert (net["start_s"], net["end_s"]) == ([H - 3600, H], [H, H + 200])
     # Hour 1: n1 100 s and n2 60 s; 130 GB sent in the 100 s the longer node spans.
-    assert net["tx_gbps"] == pytest.approx([130e9 * 8 / 1e9 / 100, 200e9 * 8 / 1e9 / 200])
-    assert net["rx_gbps"] == pytest.approx([65e9 * 8 / 1e9 / 100, 100e9 * 8 / 1e9 / 200])
+    assert net["job_tx_gbps"] == pytest.approx([130e9 * 8 / 1e9 / 100, 200e9 * 8 / 1e9 / 200])
+    assert net["job_rx_gbps"] == pytest.approx([65e9 * 8 / 1e9 / 100, 100e9 * 8 / 1e9 / 200])
     assert net["cnp_handled_per_s"] == pytest.approx([8000 / 160, 100 / 200])
     assert net["retransmits_per_gb"] == pytest.approx([20 / 130, 0.0])
-    assert net["peak_tx_gbps"] == pytest.approx([106.0, 100.1])
+    assert net["node_peak_tx_gbps"] == pytest.approx([106.0, 100.1])
     assert net["congestion"] == ["moderate", "none"]
     (job,) = httpx.get(f"{ledger.url}/v1/jobs", timeout=10).json()["items"]
     assert job["network_congestion"] == "none"  # 8,100 CNPs in 360 node-seconds, 20 retransmissions in 330 GB

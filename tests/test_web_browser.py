@@ -221,6 +221,68 @@ def test_job_page_draws_every_chart_with_data(demo, page):
     assert page.console.unexpected() == []
 
 
+@pytest.fixture
+def narrow(browser):  # noqa: ANN001, ANN201
+    context = browser.new_context(viewport={"width": 800, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    tab.console = Console(tab)
+    yield tab
+    context.close()
+
+
+def _number(text: str) -> float:
+    return float(text.strip().strip("$").replace(",", "")) if text.strip() not in ("", "–") else 0.0
+
+
+def test_jobs_table_fits_800_px_with_a_totals_row(demo, narrow):
+    narrow.goto(f"{demo}/")
+    wait_polls(narrow, "#jobs", 1)
+    layout = narrow.evaluate("""() => {
+        const wrap = document.querySelector('.table-wrap');
+        const heads = [...document.querySelectorAll('#jobs thead th')].filter(th => th.offsetParent !== null);
+        return {scroll: wrap.scrollWidth, client: wrap.clientWidth, viewport: window.innerWidth,
+                visible: heads.map(th => th.dataset.col), right: Math.max(...heads.map(th => th.getBoundingClientRect().right))};
+    }""")
+    assert layout["scroll"] <= layout["client"] and layout["right"] <= layout["viewport"], layout  # nothing cut off
+    assert layout["visible"] == ["job_id", "state", "gpus", "started_at", "gpu_hours", "energy_kwh", "cost_usd",
+                                 "co2e_kg", "network_congestion", "budget"]
+    narrow_line = narrow.text_content('tr[data-job-id="demo/1001"] td[data-col="job_id"] .narrow')
+    assert narrow_line.startswith("alice · ")  # user and account moved under the job id
+    snapshot = narrow.evaluate("""() => ({
+        rows: [...document.querySelectorAll('#jobs tbody tr')].map(tr => Object.fromEntries(
+            [...tr.querySelectorAll('td')].map(td => [td.dataset.col, td.textContent]))),
+        total: Object.fromEntries([...document.querySelectorAll('#jobs-total td')].map(td => [td.dataset.col, td.textContent])),
+    })""")
+    assert snapshot["total"]["job_id"] == f"Total ({len(snapshot['rows'])} jobs)"
+    assert int(snapshot["total"]["gpus"]) == sum(int(r["gpus"]) for r in snapshot["rows"])
+    for column in ("gpu_hours", "energy_kwh", "cost_usd", "co2e_kg"):
+        shown = sum(_number(r[column]) for r in snapshot["rows"])
+        # each shown value is rounded (to the cent, or 3 decimals): their sum may differ by that much a row
+        assert _number(snapshot["total"][column]) == pytest.approx(shown, abs=0.006 * len(snapshot["rows"])), column
+    screenshot(narrow, "jobs-page-800.png")
+    assert narrow.console.unexpected() == []
+
+
+def test_job_page_shows_a_failing_panels_error_and_the_rest(demo, narrow):
+    narrow.route("**/footprint?convention=tdp", lambda route: route.fulfill(
+        status=500, content_type="application/json", body=json.dumps({"detail": "footprint exploded"})))
+    narrow.goto(f"{demo}/jobs/demo/1001")
+    wait_polls(narrow, "#job", 1)
+    assert "The server answered 500: footprint exploded" in narrow.text_content("#model-card .panel-error")
+    assert narrow.is_hidden("#message")
+    assert "GPU-hours" in narrow.text_content("#stats") and "Price per GPU-hour" in narrow.text_content("#rates")
+    narrow.wait_for_function("() => !!document.querySelector('#chart-power canvas')", timeout=30_000)
+    screenshot(narrow, "job-page-800-panel-error.png")
+    narrow.unroute("**/footprint?convention=tdp")
+    wait_polls(narrow, "#job", polls(narrow, "#job") + 1)
+    assert narrow.get_attribute("#model-card", "data-unit") == "kg"  # a demo job is far below a tonne
+    headers = narrow.eval_on_selector_all("#model-card th", "ths => ths.map(th => th.textContent)")
+    assert "Location-based (kgCO₂e)" in headers and "Embodied servers (kgCO₂e)" in headers
+    rates = narrow.text_content("#rates")
+    assert "0.0103" in rates and "0.010300000" not in rates and "config" in rates
+    assert narrow.console.unexpected(allowed=("status of 500",)) == []
+
+
 def gpuledger(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

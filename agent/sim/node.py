@@ -166,11 +166,11 @@ class SimulatedNode:
         device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
-        result = {}
+        result: dict[int, Owners] = {}
         for sample in samples:
             job = self.gpus[sample.index].job_at(sample.time_s - self.epoch_s)
             if job is not None:
-                result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd),)
+                result[sample.index] = (JobRef(job.id, job.name, job.user, job.account, job.budget_usd, release=job.release),)
         return result
 
 

@@ -83,6 +83,7 @@ class JobSpec:
     cnp_per_s: float = 0.0
     retrans_per_gb: float = 0.0
     budget_usd: float | None = None
+    release: str | None = None  # as GPULEDGER_RELEASE in the job's environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
         cnp_per_s=_number(table, where, "cnp_per_s", 0.0),
         retrans_per_gb=_number(table, where, "retrans_per_gb", 0.0),
         budget_usd=_number(table, where, "budget_usd") if "budget_usd" in table else None,
+        release=_get(table, where, "release", str, None),
     )
 
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.accounting.rates import Datacenter, LedgerConfig, Tco
+from api.accounting.rates import BUILT_IN, Datacenter, LedgerConfig, Tco
+from api.accounting.rates import HOURLY as HOURLY_SOURCE
 
 TOTALS = ("gpu_hours", "busy_gpu_hours", "gpu_energy_kwh", "overhead_energy_kwh", "energy_kwh",
           "facility_energy_kwh", "cost_usd", "co2e_kg", "embodied_co2e_kg")
@@ -41,6 +42,8 @@ class UsageRow:
     busy_gpu_seconds: float
     energy_j: float
     energy_counter_j: float
+    energy_declared_j: float = 0.0  # declared with imported usage (`gpuledger import`)
+    energy_estimated_j: float = 0.0  # estimated at import from GPU-hours × TDP (or the declared power)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,13 @@ class _Fixed:
     tco: Tco | None
     embodied_kg_per_gpu_hour: float
     static_intensity: float
+    embodied_split: tuple[float, float] | None = None  # (GPU, server) kg per GPU-hour, where stated
 
 
 def _fixed(config: LedgerConfig, datacenter: str, gpu_model: str) -> _Fixed:
     dc = config.datacenter(datacenter)
-    return _Fixed(dc, config.tco_for(gpu_model), config.embodied_kg(gpu_model), config.intensity(dc.region))
+    return _Fixed(dc, config.tco_for(gpu_model), config.embodied_kg(gpu_model), config.intensity(dc.region),
+                  config.embodied_split(gpu_model))
 
 
 def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hourly: Hourly, applied: Applied) -> dict[str, Any]:
@@ -78,15 +83,24 @@ def _hour(row: UsageRow, fixed: _Fixed, config: LedgerConfig, cluster: str, hour
     applied[("intensity", dc.region)].add(intensity)
     return {
         "gpu_seconds": row.gpu_seconds, "busy_gpu_seconds": row.busy_gpu_seconds, "energy_j": row.energy_j,
+        "energy_declared_j": row.energy_declared_j, "energy_estimated_j": row.energy_estimated_j,
         "overhead_energy_kwh": overhead_kwh,
         "facility_energy_kwh": facility_kwh, "cost_usd": cost, "co2e_kg": facility_kwh * intensity / 1000,
         "market_co2e_kg": None if dc.market_g_per_kwh is None else facility_kwh * dc.market_g_per_kwh / 1000,
         "embodied_co2e_kg": gpu_hours * fixed.embodied_kg_per_gpu_hour,
         "hourly_facility_kwh": facility_kwh if series is not None else 0.0,
+        **_embodied_parts(gpu_hours, fixed.embodied_split),
     }
 
 
-SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg")
+def _embodied_parts(gpu_hours: float, split: tuple[float, float] | None) -> dict[str, float | None]:
+    if split is None:
+        return {"embodied_gpu_co2e_kg": None, "embodied_server_co2e_kg": None}
+    return {"embodied_gpu_co2e_kg": gpu_hours * split[0], "embodied_server_co2e_kg": gpu_hours * split[1]}
+
+
+OPTIONAL = ("market_co2e_kg", "embodied_gpu_co2e_kg", "embodied_server_co2e_kg")  # None where not stated
+SUMMED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "cost_usd", "co2e_kg", "embodied_co2e_kg")
 
 
 def price_sums(
@@ -103,6 +117,8 @@ def price_sums(
         hour = _hour(row, fixed[key], config, cluster, hourly, applied)
         for name in SUMMED:
             sums[name] += hour[name]
+        if hour["market_co2e_kg"] is not None:  # present only where a contractual factor is configured
+            sums["market_co2e_kg"] = sums.get("market_co2e_kg", 0.0) + hour["market_co2e_kg"]
     return sums
 
 
@@ -138,7 +154,7 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
     hourly = hourly or {}
     parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     applied: Applied = defaultdict(set)
-    counter_j = energy_j = 0.0
+    counter_j = energy_j = declared_j = estimated_j = 0.0
     fixed: dict[tuple[str, str], _Fixed] = {}
     for row in rows:
         key = (row.datacenter, row.gpu_model)
@@ -147,8 +163,11 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
         _add(parts[key], _hour(row, fixed[key], config, cluster, hourly, applied))
         counter_j += row.energy_counter_j
         energy_j += row.energy_j
+        declared_j += row.energy_declared_j
+        estimated_j += row.energy_estimated_j
     totals: dict[str, Any] = dict.fromkeys(TOTALS, 0.0)
     totals["market_co2e_kg"] = None
+    totals["embodied_gpu_co2e_kg"] = totals["embodied_server_co2e_kg"] = None
     by_region: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # facility, co2e, hourly kWh
     rates: dict[str, dict[str, Any]] = {k: {} for k in (
         "usd_per_gpu_hour", "cost_method", "embodied_kg_per_gpu_hour", "pue", "region", "market_g_per_kwh",
@@ -158,7 +177,7 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
     for (dc_name, model), part in sorted(parts.items()):
         part = _derive(part)
         _add(raw, {k: part[k] for k in raw})
-        _add(totals, {k: part[k] for k in (*TOTALS, "market_co2e_kg")})
+        _add(totals, {k: part[k] for k in (*TOTALS, *OPTIONAL)})
         dc = config.datacenter(dc_name)
         region = by_region[dc.region]
         region[0] += part["facility_energy_kwh"]
@@ -171,10 +190,39 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
         rates["region"][dc_name] = dc.region
         rates["market_g_per_kwh"][dc_name] = dc.market_g_per_kwh
         rates["node_overhead_w"][dc_name] = dc.node_overhead_w
-        breakdown.append({"datacenter": dc_name, "gpu_model": model, **{k: part[k] for k in (*TOTALS, "market_co2e_kg")}})
+        breakdown.append({"datacenter": dc_name, "gpu_model": model, **{k: part[k] for k in (*TOTALS, *OPTIONAL)},
+                          "energy_declared_kwh": part["energy_declared_j"] / 3.6e6,
+                          "energy_estimated_kwh": part["energy_estimated_j"] / 3.6e6})
     for name, (facility, co2e, hourly_kwh) in by_region.items():
         rates["grid_intensity_g_per_kwh"][name] = _rate(applied, "intensity", name, co2e * 1000, facility) or config.intensity(name)
         rates["intensity_hourly_fraction"][name] = _ratio(hourly_kwh, facility) or 0.0
     totals.update({k: v for k, v in _derive(raw).items() if k in TOTALS})  # exact: from summed seconds and joules
     totals["energy_measured_fraction"] = counter_j / energy_j if energy_j > 0 else None
-    return {**totals, "rates": rates, "breakdown": breakdown}
+    totals["energy_declared_fraction"] = declared_j / energy_j if energy_j > 0 else None
+    totals["energy_tdp_estimated_fraction"] = estimated_j / energy_j if energy_j > 0 else None
+    sources = rate_sources(rates, config)
+    return {**totals, "rates": rates, "rate_sources": sources, "defaults_used": defaults_line(sources, rates),
+            "breakdown": breakdown}
+
+
+def rate_sources(rates: dict[str, dict[str, Any]], config: LedgerConfig) -> dict[str, dict[str, str]]:
+    """Where each rate in ``rates`` came from: config, hourly series, static country figure, built-in default."""
+    sources: dict[str, dict[str, str]] = {}
+    for kind in ("usd_per_gpu_hour", "embodied_kg_per_gpu_hour", "pue", "market_g_per_kwh", "node_overhead_w"):
+        sources[kind] = {key: config.source(kind, key) for key in rates[kind]}
+    sources["grid_intensity_g_per_kwh"] = {}
+    for region, share in rates["intensity_hourly_fraction"].items():
+        static = config.source("grid_intensity_g_per_kwh", region)
+        sources["grid_intensity_g_per_kwh"][region] = (
+            HOURLY_SOURCE if share >= 1.0 else static if share <= 0.0 else f"{HOURLY_SOURCE} + {static}"
+        )
+    return sources
+
+
+def defaults_line(sources: dict[str, dict[str, str]], rates: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per rate priced with a built-in default, for the report's ``defaults_used``."""
+    return [
+        f"{kind}[{key}] = {rates[kind][key]:g}: built-in default"
+        for kind, table in sources.items() for key, source in table.items()
+        if source.endswith(BUILT_IN) and isinstance(rates[kind].get(key), int | float)
+    ]

@@ -14,10 +14,11 @@ Defaults, each a starting point to replace with the site's own figures:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from api.accounting.country_intensity import ANNUAL_G_PER_KWH_2023
 
@@ -29,6 +30,14 @@ DEFAULT_PUE = 1.56
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
 DEFAULT_EMBODIED_KG_PER_GPU_HOUR = 0.0103
 HOURS_PER_YEAR = 8760.0
+# The BLOOM paper's embodied inputs: 150 kg per A100, 2,500 kg per 8-GPU server. The built-in
+# flat default (0.0103 kg per GPU-hour) is split between GPUs and servers in that proportion.
+BLOOM_GPU_KG, BLOOM_SERVER_KG_PER_GPU = 150.0, 2500.0 / 8
+DEFAULT_EMBODIED_GPU_SHARE = BLOOM_GPU_KG / (BLOOM_GPU_KG + BLOOM_SERVER_KG_PER_GPU)
+Datetime = Annotated[AwareDatetime, Strict(False)]  # TOML datetimes, or ISO 8601 strings
+
+# Where a rate came from, as reports state it (`rate_sources`).
+CONFIG, HOURLY, COUNTRY, BUILT_IN = "config", "hourly series", "static country figure", "built-in default"
 
 
 class ConfigError(ValueError):
@@ -36,11 +45,12 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `tdp_w.A100 = "400"` is a string, not a number, and is refused naming the key.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PueFrom(Section):
-    start: AwareDatetime = Field(alias="from")
+    start: Datetime = Field(alias="from")
     pue: Pue
 
 
@@ -65,7 +75,7 @@ class RateCard(Section):
     model: str
     cluster: str | None = None
     usd_per_gpu_hour: PositiveRate
-    valid_from: AwareDatetime
+    valid_from: Datetime
 
 
 class Tco(Section):
@@ -87,8 +97,14 @@ class Embodied(Section):
 
     @property
     def kg_per_gpu_hour(self) -> float:
-        per_gpu_kg = self.manufacturing_kg + self.server_kg / self.gpus_per_server
-        return per_gpu_kg / (self.lifetime_years * HOURS_PER_YEAR * self.utilization)
+        gpu, server = self.split_kg_per_gpu_hour
+        return gpu + server
+
+    @property
+    def split_kg_per_gpu_hour(self) -> tuple[float, float]:
+        """(the GPU's own, its share of the server's) manufacturing kg per GPU-hour."""
+        hours = self.lifetime_years * HOURS_PER_YEAR * self.utilization
+        return self.manufacturing_kg / hours, self.server_kg / self.gpus_per_server / hours
 
 
 class IntensityProvider(Section):
@@ -172,8 +188,79 @@ class LedgerConfig(Section):
             return table[region]
         return ANNUAL_G_PER_KWH_2023.get(region, table.get("default", DEFAULT_INTENSITY_G_PER_KWH))
 
+    def embodied_split(self, gpu_model: str) -> tuple[float, float] | None:
+        """(GPU, server) kg per GPU-hour where a source states the split, else None.
 
-def best_key(table: dict[str, object], gpu_model: str) -> str | None:
+        `[embodied.MODEL]` states it; the built-in default is split in the BLOOM paper's
+        proportion (150 kg per GPU : 2,500 kg per 8-GPU server); a configured flat
+        `[embodied_kg_per_gpu_hour]` figure has no split."""
+        key = best_key(self.embodied, gpu_model)
+        if key is not None:
+            return self.embodied[key].split_kg_per_gpu_hour
+        if self.source("embodied_kg_per_gpu_hour", gpu_model) == BUILT_IN:
+            total = self.embodied_kg(gpu_model)
+            return total * DEFAULT_EMBODIED_GPU_SHARE, total * (1 - DEFAULT_EMBODIED_GPU_SHARE)
+        return None
+
+    def known_regions(self) -> list[str]:
+        """Regions named in the configuration: static figures, datacenters, intensity feeds."""
+        named = {k for k in self.intensity_g_per_kwh if k != "default"}
+        named |= {dc.region for dc in self.datacenters.values()} | {p.region for p in self.intensity_providers}
+        return sorted(named)
+
+    def source(self, kind: str, key: str) -> str:
+        """Where the rate of ``kind`` for ``key`` comes from: config, static country figure or
+        built-in default. kind: usd_per_gpu_hour, tdp_w, embodied_kg_per_gpu_hour (key: GPU
+        model), pue, market_g_per_kwh, node_overhead_w (key: datacenter), grid_intensity_g_per_kwh
+        (key: region; the hourly series is the caller's to add)."""
+        if kind in ("usd_per_gpu_hour", "tdp_w"):
+            return self._model_source(kind, key)
+        if kind == "embodied_kg_per_gpu_hour":
+            return CONFIG if best_key(self.embodied, key) else self._model_source(kind, key)
+        if kind == "grid_intensity_g_per_kwh":
+            return self._region_source(key)
+        dc = self.datacenters.get(key) or self.datacenters.get("default")
+        field = "pue" if kind == "pue" else kind
+        return CONFIG if dc is not None and (field in dc.model_fields_set or kind == "market_g_per_kwh") else BUILT_IN
+
+    def _model_source(self, kind: str, gpu_model: str) -> str:
+        if kind == "usd_per_gpu_hour" and (self.tco_for(gpu_model) or self.rate_cards):
+            return CONFIG
+        if kind not in self.model_fields_set:
+            return BUILT_IN
+        return CONFIG if best_key(getattr(self, kind), gpu_model) is not None else BUILT_IN
+
+    def _region_source(self, region: str) -> str:
+        configured = "intensity_g_per_kwh" in self.model_fields_set
+        if configured and region in self.intensity_g_per_kwh:
+            return CONFIG
+        if region in ANNUAL_G_PER_KWH_2023:
+            return COUNTRY
+        return CONFIG if configured and "default" in self.intensity_g_per_kwh else BUILT_IN
+
+    def defaults_used(self, gpu_models: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+        """One line for each configured region and each GPU model that falls back to a
+        built-in default: for the start-up warning and the reports."""
+        fed = {p.region for p in self.intensity_providers}
+        lines = [
+            f"region {region!r} (datacenter {name!r}): no [intensity_g_per_kwh] entry, country figure or feed; "
+            f"priced at the built-in default {self.intensity(region):g} gCO2e/kWh"
+            for name, dc in sorted(self.datacenters.items())
+            for region in [dc.region]
+            if region not in fed and self._region_source(region) == BUILT_IN
+        ]
+        for model in sorted(set(gpu_models)):
+            candidates = (("tdp_w", "W", self.tdp(model)), ("usd_per_gpu_hour", "USD", self.price_usd_per_gpu_hour(model)),
+                          ("embodied_kg_per_gpu_hour", "kg", self.embodied_kg(model)))
+            kinds = [(k, unit, value) for k, unit, value in candidates
+                     if (self.source(k, model) if k == "embodied_kg_per_gpu_hour" else self._model_source(k, model)) == BUILT_IN]
+            if kinds:
+                what = ", ".join(f"{k} = {value:g} {unit}" for k, unit, value in kinds)
+                lines.append(f"GPU model {model!r} falls back to built-in defaults: {what}")
+        return lines
+
+
+def best_key(table: Mapping[str, object], gpu_model: str) -> str | None:
     """The key that is the longest case-insensitive substring of the NVML name, else 'default'."""
     name = gpu_model.lower()
     matches = [key for key in table if key != "default" and key.lower() in name]
@@ -202,6 +289,9 @@ def load_config(path: str | Path | None) -> LedgerConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {field} = {first.get('input')!r}: {first['msg']}") from exc
+        hint = ""
+        if isinstance(first.get("input"), str) and first["type"] in ("float_type", "int_type", "bool_type"):
+            hint = f" (a TOML string; write {field} = {first['input']} without quotes)"
+        raise ConfigError(f"{path}: {field} = {first.get('input')!r}: {first['msg']}{hint}") from exc
 
 

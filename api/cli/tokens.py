@@ -9,16 +9,14 @@ from collector import tokens
 
 
 def _open_db(db: str, command: str) -> Engine:
-    from collector.db import make_engine
-    from collector.schema import SchemaOutdated, prepare
+    from api.cli.client import CliError
+    from api.cli.database import open_db
 
     try:
-        engine = make_engine(db)
-        prepare(engine, db)
-    except (SchemaOutdated, ValueError) as exc:
+        return open_db(db)
+    except CliError as exc:
         typer.echo(f"gpuledger token {command}: error: {exc}", err=True)
         raise typer.Exit(2) from None
-    return engine
 
 
 def _db_failed(command: str, exc: Exception) -> typer.Exit:

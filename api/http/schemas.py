@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from collector.schemas import MAX_BUDGET
 
@@ -34,6 +35,10 @@ class Usage(BaseModel):
     co2e_kg: float = Field(description="Σ_hours facility_energy_kwh × grid intensity / 1000 (location-based).")
     market_co2e_kg: float | None = Field(description="Σ facility_energy_kwh × contractual factor / 1000; null if none.")
     embodied_co2e_kg: float = Field(description="Σ gpu_hours × embodied_kg_per_gpu_hour(model).")
+    embodied_gpu_co2e_kg: float | None = Field(
+        default=None, description="The GPUs' own part of embodied_co2e_kg; null where no source states the split.")
+    embodied_server_co2e_kg: float | None = Field(
+        default=None, description="The servers' part (their share per GPU); null where no source states the split.")
 
 
 class Progress(BaseModel):
@@ -43,16 +48,16 @@ class Progress(BaseModel):
 
 
 class Budget(BaseModel):
-    budget_usd: float | None
-    budget_co2e_kg: float | None
-    spend_usd_per_hour: float | None
-    co2e_kg_per_hour: float | None
+    budget_usd: float | None = Field(description="From GPULEDGER_BUDGET_USD or PUT /v1/budget/{job_id} (which wins).")
+    budget_co2e_kg: float | None = Field(description="From GPULEDGER_BUDGET_CO2E_KG or the budget API.")
+    spend_usd_per_hour: float | None = Field(description="Average spend rate so far.")
+    co2e_kg_per_hour: float | None = Field(description="Average CO2e rate so far.")
     forecast_method: str = Field(description="steps, declared_end, ended or observed_rate.")
-    forecast_end_at: datetime | None
-    forecast_cost_usd: float | None
-    forecast_co2e_kg: float | None
-    over_budget: bool
-    forecast_over_budget: bool
+    forecast_end_at: datetime | None = Field(description="Forecast end of the job; null when open.")
+    forecast_cost_usd: float | None = Field(description="Forecast cost at completion.")
+    forecast_co2e_kg: float | None = Field(description="Forecast location-based CO2e at completion.")
+    over_budget: bool = Field(description="Spend so far exceeds a budget.")
+    forecast_over_budget: bool = Field(description="The forecast at completion exceeds a budget.")
     budget_exhausted_at: datetime | None = Field(description="When the USD budget runs out at the observed rate.")
     progress: Progress | None
 
@@ -64,19 +69,25 @@ class UsagePart(Usage):
 
 class JobSummary(Usage):
     job_id: str = Field(description="Cluster-scoped id: <cluster>/<job id>.")
-    cluster: str
-    name: str | None
-    user: str | None
-    account: str | None
+    cluster: str = Field(description="The cluster label the agents report (`--cluster`).")
+    name: str | None = Field(description="Job name, from the job's environment (Slurm, or GPULEDGER_JOB_NAME).")
+    user: str | None = Field(description="Job owner, from the job's environment.")
+    account: str | None = Field(description="Account charged; scoped reader tokens see only theirs.")
     state: str = Field(description="running, or ended after the configured silence.")
-    started_at: datetime
-    last_seen_at: datetime
-    ended_at: datetime | None
-    nodes: int
-    gpus: int
+    started_at: datetime = Field(description="First data seen (UTC).")
+    last_seen_at: datetime = Field(description="Last data seen (UTC).")
+    ended_at: datetime | None = Field(description="When the job was marked ended (UTC); null while running.")
+    nodes: int = Field(description="Distinct nodes the job has run on.")
+    gpus: int = Field(description="Distinct GPUs the job has run on.")
     energy_measured_fraction: float | None = Field(
-        description="Share of energy_kwh from NVML's energy counter; the rest is estimated from power."
+        description="Share of the GPU energy from NVML's energy counter; the rest is declared or estimated."
     )
+    energy_declared_fraction: float | None = Field(
+        default=None, description="Share of the GPU energy declared with imported usage (`gpuledger import`).")
+    energy_tdp_estimated_fraction: float | None = Field(
+        default=None, description="Share of the GPU energy estimated from GPU-hours × TDP (imported usage without energy).")
+    release: str | None = Field(default=None, description="Release label grouping jobs into a model card.")
+    source: str = Field(default="agent", description="agent (measured) or declared (imported usage).")
     budget: Budget
     network_congestion: str | None = Field(
         default=None, description="The network report's verdict: none, moderate, heavy or unknown; null without NIC data."
@@ -114,15 +125,20 @@ class NetworkReport(BaseModel):
     cnp_sent_per_s: float | None
     retransmits_per_gb: float | None = Field(description="Per GB sent.")
     link_down_port_seconds: float
-    congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in the README).")
+    congestion: str = Field(description="none, moderate, heavy or unknown (thresholds in api/accounting/README.md).")
     congestion_reason: str
     per_node: list[NetworkNode]
 
 
 class JobReport(JobSummary):
-    as_of: datetime
-    rates: Rates
-    breakdown: list[UsagePart]
+    as_of: datetime = Field(description="When the report was computed; data lags by at most two push intervals.")
+    rates: Rates = Field(description="Every rate applied, so the arithmetic can be checked; a rate that changed "
+                                     "over the job's hours is given as its effective value.")
+    rate_sources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Where each rate came from: config, hourly series, static country figure "
+        "or built-in default (same keys as rates).")
+    defaults_used: list[str] = Field(default_factory=list, description="Rates priced with a built-in default.")
+    breakdown: list[UsagePart] = Field(description="The totals per (datacenter, GPU model).")
     network: NetworkReport | None = Field(description="RoCE traffic and congestion; null without NIC data.")
 
 
@@ -172,6 +188,12 @@ class JobMetadataIn(BaseModel):
     account: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    release: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        description="Release label, e.g. llama-2; null clears it.")
+
+
 class GpuSeries(BaseModel):
     """One value per bucket, oldest first: hours from the rollups, then the last hours in finer buckets."""
 
@@ -194,10 +216,10 @@ class NetworkSeries(BaseModel):
 
     start_s: list[float]
     end_s: list[float]
-    tx_gbps: list[float | None] = Field(description="Mean of the job's nodes together over the hour.")
-    rx_gbps: list[float | None]
-    peak_tx_gbps: list[float] = Field(description="Highest one node's throughput between two samples.")
-    peak_rx_gbps: list[float]
+    job_tx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    job_rx_gbps: list[float | None] = Field(description="Whole job: its nodes together, mean over the hour.")
+    node_peak_tx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
+    node_peak_rx_gbps: list[float] = Field(description="One node: the busiest node's highest throughput between two samples.")
     cnp_handled_per_s: list[float | None] = Field(description="Per node-second.")
     retransmits_per_gb: list[float | None] = Field(description="Per GB sent.")
     congestion: list[str] = Field(description="none, moderate, heavy or unknown, as in the job's network report.")

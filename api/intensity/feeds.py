@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -17,7 +18,7 @@ DAY_S = 86400.0
 
 def fetch(provider: IntensityProvider, now_s: float) -> list[IntensityPoint]:
     """The last day of the provider's series for ``provider.region``."""
-    base = {"base_url": provider.base_url} if provider.base_url else {}
+    base: dict[str, Any] = {"base_url": provider.base_url} if provider.base_url else {}
     if provider.kind == "electricitymaps":
         with ElectricityMaps(provider.token or "", **base) as client:
             return client.history(provider.zone, provider.region)

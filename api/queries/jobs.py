@@ -53,6 +53,7 @@ def usage(engine: Engine, job_ids: list[str]) -> dict[str, list[UsageRow]]:
     query = select(
         hours_t.c.job_id, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model, hours_t.c.gpu_seconds,
         hours_t.c.busy_gpu_seconds, hours_t.c.energy_j, hours_t.c.energy_counter_j,
+        hours_t.c.energy_declared_j, hours_t.c.energy_estimated_j,
     ).where(hours_t.c.job_id.in_(job_ids))
     result: dict[str, list[UsageRow]] = defaultdict(list)
     with engine.connect() as conn:
@@ -117,7 +118,8 @@ def usage_by_group(engine: Engine, group_by: str, from_s: float, to_s: float) ->
     query = (
         select(group, jobs_t.c.cluster, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model,
                func.sum(hours_t.c.gpu_seconds), func.sum(hours_t.c.busy_gpu_seconds),
-               func.sum(hours_t.c.energy_j), func.sum(hours_t.c.energy_counter_j))
+               func.sum(hours_t.c.energy_j), func.sum(hours_t.c.energy_counter_j),
+               func.sum(hours_t.c.energy_declared_j), func.sum(hours_t.c.energy_estimated_j))
         .join(jobs_t, jobs_t.c.job_id == hours_t.c.job_id)
         .where(hours_t.c.hour_s >= int(from_s // 3600 * 3600), hours_t.c.hour_s < to_s)
         .group_by(group, jobs_t.c.cluster, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model)
@@ -127,3 +129,30 @@ def usage_by_group(engine: Engine, group_by: str, from_s: float, to_s: float) ->
         for name, cluster, *values in conn.execute(query):
             result[(name, cluster)].append(UsageRow(*values))
     return result
+
+
+def series_regions(engine: Engine) -> list[str]:
+    """Regions with a stored hourly intensity series."""
+    with engine.connect() as conn:
+        return [region for (region,) in conn.execute(select(grid_t.c.region).distinct())]
+
+
+def release_jobs(engine: Engine, release: str, account: str | None = None) -> list[dict[str, Any]]:
+    """The jobs under a release label, oldest first (account-scoped readers see their account's)."""
+    where = [jobs_t.c.release == release] + ([jobs_t.c.account == account] if account is not None else [])
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(jobs_t).where(*where))]
+    return sorted(rows, key=lambda job: (job["first_seen_s"], _natural(job["job_id"])))
+
+
+def _natural(text: str) -> list[tuple[int, int | str]]:
+    """``llama-2-7b`` before ``llama-2-13b``: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
+
+
+def releases(engine: Engine, account: str | None = None) -> list[dict[str, Any]]:
+    """Every release label with its job count."""
+    where = [jobs_t.c.release.is_not(None)] + ([jobs_t.c.account == account] if account is not None else [])
+    query = select(jobs_t.c.release, func.count()).where(*where).group_by(jobs_t.c.release).order_by(jobs_t.c.release)
+    with engine.connect() as conn:
+        return [{"release": name, "jobs": count} for name, count in conn.execute(query)]

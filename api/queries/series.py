@@ -116,7 +116,7 @@ def nodes_latest_end(engine: Engine, job_id: str, since_s: float) -> dict[str, f
     c = intervals_t.c
     query = select(c.node, func.max(c.end_s)).where(c.job_id == job_id, c.end_s > since_s).group_by(c.node)
     with engine.connect() as conn:
-        return dict(conn.execute(query).tuples().all())
+        return {row[0]: row[1] for row in conn.execute(query)}
 
 
 NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits")

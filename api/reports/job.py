@@ -36,7 +36,8 @@ def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConf
         priced = price(usage.get(job["job_id"], []), config, job["cluster"], hourly)
         reports.append({
             "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
-            "account": job["account"], "state": job["state"], "started_at": _at(job["first_seen_s"]),
+            "account": job["account"], "release": job.get("release"), "source": job.get("source") or "agent",
+            "state": job["state"], "started_at": _at(job["first_seen_s"]),
             "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
             "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),
         })

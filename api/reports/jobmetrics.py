@@ -41,6 +41,8 @@ COUNTERS = (
     ("gpuledger_job_energy_joules", "GPU board energy", "energy_j"),
     ("gpuledger_job_cost_dollars", "Cost in USD with the rates applied", "cost_usd"),
     ("gpuledger_job_co2e_grams", "Location-based CO2e", "co2e_g"),
+    ("gpuledger_job_market_co2e_grams", "Market-based CO2e (datacenters with a contractual factor)", "market_co2e_g"),
+    ("gpuledger_job_embodied_co2e_grams", "Embodied (manufacturing) CO2e amortised per GPU-hour", "embodied_co2e_g"),
     ("gpuledger_job_network_transmitted_bytes", "RDMA bytes sent", "tx_bytes"),
     ("gpuledger_job_network_received_bytes", "RDMA bytes received", "rx_bytes"),
 )
@@ -74,8 +76,11 @@ def _priced(rows: list[UsageRow], config: LedgerConfig, cluster: str, hourly: Ho
     if not rows:
         return {}
     sums = price_sums(rows, config, cluster, hourly, fixed)
-    return {"gpu_seconds": sums["gpu_seconds"], "busy_gpu_seconds": sums["busy_gpu_seconds"], "energy_j": sums["energy_j"],
-            "cost_usd": sums["cost_usd"], "co2e_g": sums["co2e_kg"] * 1000}
+    totals = {"gpu_seconds": sums["gpu_seconds"], "busy_gpu_seconds": sums["busy_gpu_seconds"], "energy_j": sums["energy_j"],
+              "cost_usd": sums["cost_usd"], "co2e_g": sums["co2e_kg"] * 1000, "embodied_co2e_g": sums["embodied_co2e_kg"] * 1000}
+    if "market_co2e_kg" in sums:
+        totals["market_co2e_g"] = sums["market_co2e_kg"] * 1000
+    return totals
 
 
 _USAGE = (hours_t.c.job_id, hours_t.c.hour_s, hours_t.c.datacenter, hours_t.c.gpu_model, hours_t.c.gpu_seconds,
@@ -127,10 +132,11 @@ class JobCollector(Collector):
             self._refresh_closed(conn, jobs, boundary_s)
             open_rows = _running_usage(conn, hours_t.c.hour_s >= boundary_s)
             network = self._network(conn)
-            states = [tuple(r) for r in conn.execute(
+            states = [(r[0], r[1], r[2]) for r in conn.execute(
                 select(jobs_t.c.cluster, jobs_t.c.state, func.count()).group_by(jobs_t.c.cluster, jobs_t.c.state))]
         hourly = intensity_for(self.engine, [r for rows in open_rows.values() for r in rows], self.config)
-        lines, fixed = [], {}
+        lines: list[JobLine] = []
+        fixed: dict = {}  # (datacenter, model) -> fixed rates, shared across the jobs of one pass
         for job in jobs:
             job_id = job["job_id"]
             account = IDLE_GROUP if job["local_id"] == UNALLOCATED else (job["account"] or "")
@@ -194,7 +200,8 @@ class JobCollector(Collector):
             return
         rows = _usage_of(conn, stale, hours_t.c.hour_s < boundary_s)
         hourly = intensity_for(self.engine, [r for job_rows in rows.values() for r in job_rows], self.config)
-        cluster, fixed = {job["job_id"]: job["cluster"] for job in jobs}, {}
+        cluster = {job["job_id"]: job["cluster"] for job in jobs}
+        fixed: dict = {}  # (datacenter, model) -> fixed rates, shared across the jobs of one pass
         for job_id in stale:
             self._closed[job_id] = _Closed(fingerprints[job_id], _priced(rows[job_id], self.config, cluster[job_id], hourly, fixed))
 

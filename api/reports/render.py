@@ -61,6 +61,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _rate(value: Any) -> str:
+    """A rate to its precision (4 significant digits): 0.010352314441758438 is 0.01035."""
+    return repr(float(f"{value:.4g}")) if isinstance(value, float) else str(value)
+
+
 def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report, indent=2)
@@ -81,9 +86,11 @@ def render(report: dict[str, Any], fmt: str) -> str:
         if budget.get("budget_usd") is not None or budget.get("budget_co2e_kg") is not None:
             state = "OVER BUDGET" if budget.get("over_budget") else ("forecast over budget" if budget.get("forecast_over_budget") else "within budget")
             lines.append(f"{'budget':<{width}}  {_fmt(budget.get('budget_usd'))} USD, {_fmt(budget.get('budget_co2e_kg'))} kg CO2e: {state}")
-    rates = report.get("rates", {})
+    rates, sources = report.get("rates", {}), report.get("rate_sources", {})
     lines.append("rates applied:")
     for kind, table in rates.items():
         for key, value in table.items():
-            lines.append(f"  {kind}[{key}] = {value}")
+            source = sources.get(kind, {}).get(key)
+            lines.append(f"  {kind}[{key}] = {_rate(value)}" + (f" ({source})" if source else ""))
+    lines.extend(f"built-in default: {line}" for line in report.get("defaults_used", []))
     return "\n".join(lines)

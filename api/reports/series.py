@@ -35,7 +35,8 @@ LAGGING_NODE_S = 120.0  # a node this far behind the job's newest data has left 
 HOUR_S = 3600
 GPU_FIELDS = ("start_s", "end_s", "resolution_s", "gpus", "power_w", "utilization_pct", "gpu_energy_kwh",
               "cost_usd", "co2e_kg", "cumulative_cost_usd", "cumulative_co2e_kg")
-NETWORK_FIELDS = ("start_s", "end_s", "tx_gbps", "rx_gbps", "peak_tx_gbps", "peak_rx_gbps",
+# job_*: the job's nodes together; node_peak_*: the busiest single node (the names say which).
+NETWORK_FIELDS = ("start_s", "end_s", "job_tx_gbps", "job_rx_gbps", "node_peak_tx_gbps", "node_peak_rx_gbps",
                   "cnp_handled_per_s", "retransmits_per_gb", "congestion")
 
 
@@ -130,9 +131,9 @@ def network_series(engine: Engine, job: dict[str, Any]) -> dict[str, list[Any]]:
         retrans_per_gb = _ratio(hour["retransmits"], sent_gb)
         point = {
             "start_s": lo, "end_s": hi,
-            "tx_gbps": _ratio(None if sent_gb is None else sent_gb * 8, wall_s),
-            "rx_gbps": _ratio(None if hour["rx_bytes"] is None else hour["rx_bytes"] * 8 / 1e9, wall_s),
-            "peak_tx_gbps": hour["peak_tx_gbps"], "peak_rx_gbps": hour["peak_rx_gbps"],
+            "job_tx_gbps": _ratio(None if sent_gb is None else sent_gb * 8, wall_s),
+            "job_rx_gbps": _ratio(None if hour["rx_bytes"] is None else hour["rx_bytes"] * 8 / 1e9, wall_s),
+            "node_peak_tx_gbps": hour["peak_tx_gbps"], "node_peak_rx_gbps": hour["peak_rx_gbps"],
             "cnp_handled_per_s": cnp_per_s, "retransmits_per_gb": retrans_per_gb,
             "congestion": verdict(cnp_per_s, retrans_per_gb)[0],
         }

@@ -37,7 +37,7 @@ DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 JOB = 'job_id="$job_id"'
 ON_JOB_NODES = f"and on (node) gpuledger_gpu_job_info{{{JOB}}}"
 PER_GPU = "{{node}} GPU {{gpu}}"
-CNP_STEPS = [(None, "green"), (50, "orange"), (1000, "red")]  # api/network.py: moderate, heavy
+CNP_STEPS = [(None, "green"), (50, "orange"), (1000, "red")]  # api/accounting/network.py: moderate, heavy
 RETRANS_STEPS = [(None, "green"), (1, "orange"), (10, "red")]
 ZERO_ONE = model.ValueMap(options={
     "0": model.ValueMappingResult(text="no", color="green"),

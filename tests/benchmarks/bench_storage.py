@@ -51,7 +51,7 @@ def table_bytes(engine) -> dict[str, int]:  # noqa: ANN001
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            indexes = dict(conn.execute(text("SELECT name, tbl_name FROM sqlite_schema WHERE type='index'")))
+            indexes = {row[0]: row[1] for row in conn.execute(text("SELECT name, tbl_name FROM sqlite_schema WHERE type='index'"))}
             for name, size in conn.execute(text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")):
                 owner = indexes.get(name, name)
                 sizes[owner] = sizes.get(owner, 0) + int(size)

@@ -81,7 +81,7 @@ def summarize(raw: Path, top: int = 60) -> str:
     out = [f"samples: {total}", "self time by package of the innermost frame:"]
     out += [f"  {n / total * 100:5.1f} %  {pkg}" for pkg, n in self_pkg.most_common(18)]
     out.append(f"top {top} functions by inclusive share:")
-    wrappers = ("typer/", "_click/", "runpy", "api/cli.py", "uvicorn/main.py", "uvicorn/server.py", "asyncio/runners",
+    wrappers = ("typer/", "_click/", "runpy", "api/cli/main.py", "uvicorn/main.py", "uvicorn/server.py", "asyncio/runners",
                 "uvicorn/_compat", "/threading.py)")
     shown = [(k, n) for k, n in inclusive.most_common() if not any(w in k for w in wrappers)][:top]
     out += [f"  {n / total * 100:5.1f} %  {key}" for key, n in shown]

@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import update
 
-from api.accounting.conventions import CONVENTIONS, FootprintInput, footprint, model_card_markdown
-from api.accounting.rates import LedgerConfig
+from api.accounting.conventions import CONVENTIONS, card_unit, model_card_markdown
+from api.accounting.country_intensity import ANNUAL_G_PER_KWH_2023
 from api.http.auth import AdminDep, NodeOrAdminDep, Principal, ReaderDep, authorize_progress, can_see
 from api.http.deps import ConfigDep, EngineDep
 from api.http.routes.jobs import id_wins
-from api.http.schemas import BudgetIn, JobMetadataIn, ProgressIn
+from api.http.schemas import BudgetIn, JobMetadataIn, ProgressIn, ReleaseIn
 from api.queries import jobs as reads
+from api.reports.footprints import fields, model_rows, tdp_defaults
 from api.reports.job import build_reports
 from collector.jobmeta import set_job_metadata
 from collector.models import Job
@@ -70,45 +71,31 @@ def set_metadata(job_id: str, body: JobMetadataIn, engine: EngineDep, principal:
     return {"status": "ok", "before": {k: before[k] for k in values}, "after": values}
 
 
-def footprint_rows(report: dict[str, Any], config: LedgerConfig, convention: str) -> list[Any]:
-    """One model-card row per GPU model, from the report's breakdown and effective rates."""
-    by_model: dict[str, dict[str, float]] = {}
-    for part in report["breakdown"]:
-        acc = by_model.setdefault(part["gpu_model"], dict.fromkeys(("gpu_hours", "gpu_kwh", "energy", "facility", "co2e", "market", "embodied"), 0.0))
-        acc["gpu_hours"] += part["gpu_hours"]
-        acc["gpu_kwh"] += part["gpu_energy_kwh"]
-        acc["energy"] += part["energy_kwh"]
-        acc["facility"] += part["facility_energy_kwh"]
-        acc["co2e"] += part["co2e_kg"]
-        acc["market"] = None if part["market_co2e_kg"] is None or acc["market"] is None else acc["market"] + part["market_co2e_kg"]
-        acc["embodied"] += part["embodied_co2e_kg"]
-    rows = []
-    for model, acc in sorted(by_model.items()):
-        pue = acc["facility"] / acc["energy"] if acc["energy"] else 1.0
-        intensity = acc["co2e"] * 1000 / acc["facility"] if acc["facility"] else 0.0
-        market = None if acc["market"] is None or not acc["facility"] else acc["market"] * 1000 / acc["facility"]
-        rows.append(footprint(FootprintInput(
-            gpu_model=model, gpu_hours=acc["gpu_hours"], measured_energy_kwh=acc["gpu_kwh"], tdp_w=config.tdp(model),
-            pue=pue, intensity_g_per_kwh=intensity, market_g_per_kwh=market, embodied_kg=acc["embodied"],
-        ), convention))
-    return rows
-
-
 @router.get("/v1/footprint/{job_id:path}")
 def get_footprint(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep, convention: Literal[CONVENTIONS] = "measured",  # type: ignore[valid-type]
 ) -> dict[str, Any]:
-    """The job's footprint as a model card states it: measured energy, or GPU-hours × TDP."""
+    """The job's footprint as a model card states it: measured energy, or GPU-hours × TDP, at the
+    configured PUE. CO2e in the table is in kg when every figure is below a tonne."""
     (report,) = build_reports(engine, [_job(engine, job_id, principal)], config)
-    rows = footprint_rows(report, config, convention)
+    rows = model_rows(report, config, convention)
     return {
-        "job_id": job_id, "convention": convention, "rows": [_fields(row) for row in rows],
+        "job_id": job_id, "convention": convention, "rows": [fields(row) for row in rows],
+        "unit": card_unit(rows) if rows else "t",
         "markdown": model_card_markdown(rows, f"{job_id} ({convention})") if rows else "",
+        "energy_measured_fraction": report["energy_measured_fraction"],
+        "energy_declared_fraction": report["energy_declared_fraction"],
+        "energy_tdp_estimated_fraction": report["energy_tdp_estimated_fraction"],
+        "tdp_w": {row.gpu_model: config.tdp(row.gpu_model) for row in rows},
+        "defaults_used": tdp_defaults([report], config),
     }
 
 
-def _fields(row: Any) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in row.__slots__}
+@router.put("/v1/release/{job_id:path}")
+def set_release(job_id: str, body: ReleaseIn, engine: EngineDep, principal: AdminDep) -> dict[str, Any]:
+    """Put the job under a release label (its model card groups the release's jobs), or clear it with null."""
+    _set(engine, job_id, {"release": body.release})
+    return {"status": "ok", "job_id": job_id, "release": body.release}
 
 
 @router.get("/v1/whatif/{job_id:path}")
@@ -117,8 +104,11 @@ def what_if(
     region: Annotated[str | None, Query(description="Grid region to price the energy in.")] = None,
     pue: Annotated[float | None, Query(ge=1.0, le=5.0, description="PUE to apply instead.")] = None,
 ) -> dict[str, Any]:
-    """The same measured energy priced in another region and/or at another PUE."""
+    """The same measured energy priced in another region and/or at another PUE. A region must be
+    known: configured, fed by a provider, stored as an hourly series, or an ISO country code."""
     job = _job(engine, job_id, principal)
+    if region is not None:
+        _check_region(engine, config, region)
     names = {row.datacenter for row in reads.usage(engine, [job_id]).get(job_id, [])}
     moved = {}
     for name in names:
@@ -139,9 +129,20 @@ def what_if(
     }
 
 
+def _check_region(engine: Any, config: Any, region: str) -> None:
+    known = sorted(set(config.known_regions()) | set(reads.series_regions(engine)))
+    if region in known or region in ANNUAL_G_PER_KWH_2023:
+        return
+    raise HTTPException(status_code=422, detail=(
+        f"region = {region!r} is unknown: expected one of {', '.join(known) or '(none configured)'}, "
+        f"or an ISO country code with a static figure (e.g. {', '.join(sorted(ANNUAL_G_PER_KWH_2023)[:5])}); "
+        "add it under [intensity_g_per_kwh] in the server's config"))
+
+
 # The former paths, after a job id: hidden, and a job whose id ends like them keeps its report.
 router.add_api_route("/v1/jobs/{job_id:path}/progress", report_progress, methods=["POST"], include_in_schema=False)
 router.add_api_route("/v1/jobs/{job_id:path}/budget", set_budget, methods=["PUT"], include_in_schema=False)
+router.add_api_route("/v1/jobs/{job_id:path}/release", set_release, methods=["PUT"], include_in_schema=False)
 for _suffix, _handler in (("footprint", get_footprint), ("whatif", what_if)):
     router.add_api_route(f"/v1/jobs/{{job_id:path}}/{_suffix}", id_wins(_suffix, _handler), methods=["GET"],
                          include_in_schema=False, response_model=None)

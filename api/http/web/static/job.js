@@ -93,9 +93,9 @@ function drawNetwork(net) {
     charts.congestion.empty("No RoCE data for this job.");
     return;
   }
-  charts.network.update(steps(net.start_s, net.end_s, [net.tx_gbps, net.rx_gbps, net.peak_tx_gbps]), {
-    "Sent (Gb/s)": nonNull(net.tx_gbps), "Received (Gb/s)": nonNull(net.rx_gbps),
-    "Peak sent, one node (Gb/s)": nonNull(net.peak_tx_gbps),
+  charts.network.update(steps(net.start_s, net.end_s, [net.job_tx_gbps, net.job_rx_gbps, net.node_peak_tx_gbps]), {
+    "Sent (Gb/s)": nonNull(net.job_tx_gbps), "Received (Gb/s)": nonNull(net.job_rx_gbps),
+    "Peak sent, one node (Gb/s)": nonNull(net.node_peak_tx_gbps),
   });
   charts.congestion.update(steps(net.start_s, net.end_s, [net.cnp_handled_per_s, net.retransmits_per_gb]), {
     "CNPs handled (per node-s)": nonNull(net.cnp_handled_per_s),
@@ -185,40 +185,67 @@ function renderNetwork(n) {
 }
 
 const small = new Intl.NumberFormat("en-US", { maximumSignificantDigits: 3, maximumFractionDigits: 12 });
+const precise = new Intl.NumberFormat("en-US", { maximumSignificantDigits: 4, maximumFractionDigits: 12 });
 
-function tonnes(value) {
-  if (value === null) return "–";
-  return value !== 0 && Math.abs(value) < 1 ? small.format(value) : fmtNumber(value);
+// CO2e in the unit that suits the size: tonnes, or kg when every figure is below a tonne.
+function co2(value, unit) {
+  if (value === null || value === undefined) return "–";
+  const scaled = unit === "kg" ? value * 1000 : value;
+  return scaled !== 0 && Math.abs(scaled) < 1 ? small.format(scaled) : fmtNumber(scaled);
 }
 
 function renderModelCard(footprints) {
+  const units = footprints.map((f) => f.unit ?? "t");
+  const unit = units.includes("t") ? "t" : "kg";
   const rows = footprints.flatMap((f) => f.rows.map((r) => [f.convention, r.gpu_model, fmtNumber(r.gpu_hours),
     fmtNumber(r.power_w), fmtNumber(r.energy_kwh), fmtNumber(r.pue), fmtNumber(r.intensity_g_per_kwh),
-    tonnes(r.location_tco2e), tonnes(r.market_tco2e), tonnes(r.embodied_tco2e)]));
+    co2(r.location_tco2e, unit), co2(r.market_tco2e, unit), co2(r.embodied_tco2e, unit),
+    co2(r.embodied_gpu_tco2e, unit), co2(r.embodied_server_tco2e, unit)]));
+  const u = `${unit}CO₂e`;
   const headers = ["convention", "GPU type", "GPU-hours", "Power (W)", "Energy (kWh)", "PUE", "Intensity (gCO₂e/kWh)",
-    "Location-based (tCO₂e)", "Market-based (tCO₂e)", "Embodied (tCO₂e)"];
-  document.getElementById("model-card").replaceChildren(
+    `Location-based (${u})`, `Market-based (${u})`, `Embodied (${u})`, `Embodied GPUs (${u})`, `Embodied servers (${u})`];
+  const box = document.getElementById("model-card");
+  box.dataset.unit = unit;
+  box.replaceChildren(
     rows.length ? table(headers, rows, (i) => i > 1) : el("p", { class: "muted", text: "No GPU time recorded yet." }));
 }
 
+// Each rate rounded to its precision: prices to the cent, factors to 4 significant digits.
 const RATES = {
   usd_per_gpu_hour: ["Price per GPU-hour", (v) => fmtUsd(v)],
   cost_method: ["Cost method", (v) => v],
-  embodied_kg_per_gpu_hour: ["Embodied CO₂e per GPU-hour (kg)", (v) => String(v)],
-  pue: ["PUE", (v) => fmtNumber(v)],
+  embodied_kg_per_gpu_hour: ["Embodied CO₂e per GPU-hour (kg)", (v) => precise.format(v)],
+  pue: ["PUE", (v) => precise.format(v)],
   region: ["Grid region", (v) => v],
-  grid_intensity_g_per_kwh: ["Grid intensity (gCO₂e/kWh)", (v) => fmtNumber(v)],
+  grid_intensity_g_per_kwh: ["Grid intensity (gCO₂e/kWh)", (v) => precise.format(v)],
   intensity_hourly_fraction: ["Energy priced with the hourly intensity series", (v) => fmtPct(v)],
-  market_g_per_kwh: ["Contractual factor (gCO₂e/kWh)", (v) => (v === null ? "none" : fmtNumber(v))],
-  node_overhead_w: ["Node overhead (W)", (v) => fmtNumber(v)],
+  market_g_per_kwh: ["Contractual factor (gCO₂e/kWh)", (v) => (v === null ? "none" : precise.format(v))],
+  node_overhead_w: ["Node overhead (W)", (v) => precise.format(v)],
 };
 
-function renderRates(rates) {
+function renderRates(rates, sources = {}, defaults = []) {
   const rows = [];
   for (const [kind, [label, format]] of Object.entries(RATES)) {
-    for (const [key, value] of Object.entries(rates[kind] ?? {})) rows.push([label, key, format(value)]);
+    for (const [key, value] of Object.entries(rates[kind] ?? {})) rows.push([label, key, format(value), sources[kind]?.[key] ?? ""]);
   }
-  document.getElementById("rates").replaceChildren(table(["rate", "for", "value"], rows, (i) => i === 2));
+  const notes = defaults.map((line) => el("p", { class: "default-used", text: `Built-in default: ${line}` }));
+  document.getElementById("rates").replaceChildren(...notes, table(["rate", "for", "value", "source"], rows, (i) => i === 2));
+}
+
+// A panel whose data could not be read says so in place; the rest of the page still renders.
+function errorText(err) {
+  const text = err instanceof ApiError && err.status ? `The server answered ${err.status}: ${err.detail}` : `${err.detail ?? err}`;
+  return `Could not load this part: ${text}`;
+}
+
+function panelError(id, err) {
+  document.getElementById(id).replaceChildren(el("p", { class: "panel-error", role: "alert", text: errorText(err) }));
+}
+
+function chartError(chart, err) {
+  chart.element.querySelector(".chart-empty")?.remove();
+  chart.empty(errorText(err));
+  chart.element.querySelector(".chart-empty").classList.add("panel-error");
 }
 
 async function download(kind) {
@@ -239,35 +266,56 @@ async function download(kind) {
   }
 }
 
+function renderReport(report) {
+  renderHead(report);
+  renderStats(report);
+  renderBudget(report);
+  renderNetwork(report.network);
+  renderRates(report.rates, report.rate_sources, report.defaults_used);
+}
+
+function renderSeries(series, report) {
+  drawPower(series.gpu);
+  drawCost(series, report);
+  drawNetwork(series.network);
+  seriesNote(series);
+}
+
+const PANELS = {  // what each part of the page needs, and where its error goes
+  report: { ids: ["stats", "budget", "network", "rates"] },
+  footprints: { ids: ["model-card"] },
+};
+
 async function poll() {
   clearTimeout(timer);
   const mine = ++latest;
-  try {
-    const [report, series, measured, tdp] = await Promise.all([
-      apiJson(base), apiJson(api("series")),
-      apiJson(`${api("footprint")}?convention=measured`), apiJson(`${api("footprint")}?convention=tdp`),
-    ]);
-    if (mine !== latest) return;
+  const [report, series, footprints] = await Promise.allSettled([
+    apiJson(base), apiJson(api("series")),
+    Promise.all([apiJson(`${api("footprint")}?convention=measured`), apiJson(`${api("footprint")}?convention=tdp`)]),
+  ]);
+  if (mine !== latest) return;
+  const failures = [report, series, footprints].filter((r) => r.status === "rejected").map((r) => r.reason);
+  const refused = failures.find((e) => e instanceof ApiError && (e.status === 401 || e.status === 403));
+  if (refused) {
+    if (!reportError(refused, poll)) return; // a token given polls again
+  } else if (report.status === "rejected" && report.reason instanceof ApiError && report.reason.status === 404) {
+    showMessage(`Job ${jobId} not found (or not visible with this token): ${report.reason.detail}`);
+  } else {
     clearMessage();
-    renderHead(report);
-    renderStats(report);
-    renderBudget(report);
-    drawPower(series.gpu);
-    drawCost(series, report);
-    drawNetwork(series.network);
-    seriesNote(series);
-    renderNetwork(report.network);
-    renderModelCard([measured, tdp]);
-    renderRates(report.rates);
+    const parts = { report, series, footprints };
+    for (const [name, result] of Object.entries(parts)) {
+      if (result.status === "rejected" && name === "series") {
+        for (const chart of Object.values(charts)) chartError(chart, result.reason);
+      } else if (result.status === "rejected") {
+        for (const id of PANELS[name].ids) panelError(id, result.reason);
+        if (!(result.reason instanceof ApiError)) console.warn(result.reason);
+      }
+    }
+    if (report.status === "fulfilled") renderReport(report.value);
+    if (series.status === "fulfilled" && report.status === "fulfilled") renderSeries(series.value, report.value);
+    if (footprints.status === "fulfilled") renderModelCard(footprints.value);
     const main = document.getElementById("job");
     main.dataset.polls = String(Number(main.dataset.polls) + 1);
-  } catch (err) {
-    if (mine !== latest) return;
-    if (err instanceof ApiError && err.status === 404) {
-      showMessage(`Job ${jobId} not found (or not visible with this token): ${err.detail}`);
-    } else if (!reportError(err, poll)) {
-      return; // a token given polls again
-    }
   }
   timer = setTimeout(poll, REFRESH_MS);
 }

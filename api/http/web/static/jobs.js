@@ -66,7 +66,8 @@ function newRow(job) {
   for (const column of COLUMNS) {
     const td = el("td", { "data-col": column.key, class: column.num ? "num" : null });
     if (column.key === "job_id") {
-      td.append(el("a", { href: jobHref(job.job_id), text: job.job_id }), el("div", { class: "sub" }));
+      td.append(el("a", { href: jobHref(job.job_id), text: job.job_id }), el("div", { class: "sub" }),
+        el("div", { class: "sub narrow" }));
     } else if (column.badge) {
       td.append(el("span", { class: "badge" }));
     }
@@ -91,6 +92,8 @@ function updateRow(tr, job) {
     const td = tr.querySelector(`td[data-col="${column.key}"]`);
     if (column.key === "job_id") {
       td.querySelector(".sub").textContent = job.name ?? "";
+      // shown instead of the user and account columns in a narrow window
+      td.querySelector(".narrow").textContent = [job.user, job.account].filter(Boolean).join(" · ");
     } else if (column.badge) {
       setBadge(td.firstChild, column.badge(job));
     } else {
@@ -118,6 +121,24 @@ function render(jobs) {
     tbody.append(tr); // moves an existing row into sorted order; nothing is rebuilt
   }
   document.getElementById("empty").hidden = jobs.length > 0;
+  renderTotals(jobs);
+}
+
+const SUMMED = ["gpus", "gpu_hours", "energy_kwh", "cost_usd", "co2e_kg"];
+
+// The totals of the jobs listed, in the columns they belong to.
+function renderTotals(jobs) {
+  const row = document.getElementById("jobs-total");
+  row.hidden = jobs.length === 0;
+  row.replaceChildren(...COLUMNS.map((column) => {
+    const td = el("td", { "data-col": column.key, class: column.num ? "num" : null });
+    if (column.key === "job_id") td.textContent = `Total (${jobs.length} job${jobs.length === 1 ? "" : "s"})`;
+    if (SUMMED.includes(column.key)) {
+      const sum = jobs.reduce((acc, job) => acc + (job[column.key] ?? 0), 0);
+      td.textContent = column.key === "cost_usd" ? fmtUsd(sum) : column.key === "gpus" ? String(sum) : fmtNumber(sum);
+    }
+    return td;
+  }));
 }
 
 function renderHead() {

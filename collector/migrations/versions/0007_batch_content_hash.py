@@ -1,16 +1,16 @@
 """batch content hash (a replay must be identical), raw intervals by node and time (no GPU's
 time stored twice), who set a job's metadata (agents cannot override an admin or the scheduler)
 
-Revision ID: 0006_integrity
-Revises: 0005
+Revision ID: d16_integrity
+Revises: d17_declared_usage
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_integrity'
-down_revision = '0005'
+revision = 'd16_integrity'
+down_revision = 'd17_declared_usage'
 branch_labels = None
 depends_on = None
 
