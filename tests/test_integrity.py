@@ -295,11 +295,19 @@ def test_csv_cells_that_start_like_formulas_are_text(world: World):
     report = world.get("/v1/jobs/c%2F1").json()
     cli = render(report, "csv").splitlines()[1]
     assert cli.split(",'+1,")[0] == """c/1,"'=HYPERLINK(""http://evil/"",""click"")\""""
+    usage = world.get(f"/v1/usage.csv?group_by=account&from={_iso(T0 - 3600)}")
+    assert usage.status_code == 200 and "\n'@acc," in usage.text, usage.text
     for cell in ("-x", "\tx", "\rx"):
         from api.reports.render import csv_cell
 
         assert csv_cell(cell) == "'" + cell
     assert csv_cell(-1.5) == -1.5 and csv_cell("x=1") == "x=1"
+
+
+def _iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 ODD_IDS = ["series", "j1/series", "../x", "j1/report.csv", "a?b#c"]
