@@ -89,7 +89,8 @@ def agent_command(
 
         try:
             spec = load_spec(simulate)
-            sim = SimulatedNode(spec, node, clock, sim_epoch if sim_epoch is not None else time.time())
+            follow = JobMappingDir(job_mapping_dir) if job_mapping_dir is not None else None  # run the scheduler's jobs
+            sim = SimulatedNode(spec, node, clock, sim_epoch if sim_epoch is not None else time.time(), follow)
         except SpecError as exc:
             _fail(str(exc))
         announce()

@@ -164,22 +164,25 @@ def _job_rows(batches: list[BatchIn]) -> list[dict[str, object]]:
 def _write_jobs(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = insert_for(conn, jobs_t)
     new = stmt.excluded
+    # Metadata a scheduler reported (collector.scheduler) is never changed by an agent; a job
+    # the scheduler ended stays ended, whatever data arrives after (the last pushes lag).
+    by_scheduler, ended_by_scheduler = jobs_t.c.scheduler.is_not(None), jobs_t.c.scheduler_ended_s.is_not(None)
+    revived = new.last_seen_s > jobs_t.c.last_seen_s
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id"],
         set_={
-            # First writer wins: an agent only fills a gap (collector.integrity counts the conflicts;
-            # collector.jobmeta sets values from an admin or the scheduler).
-            "name": func.coalesce(jobs_t.c.name, new.name),
-            "user": func.coalesce(jobs_t.c.user, new.user),
-            "account": func.coalesce(jobs_t.c.account, new.account),
+            # First writer wins: an agent only fills a gap, and never changes what the scheduler set
+            # (collector.integrity counts the conflicts; collector.jobmeta sets an admin's values).
+            **{name: case((by_scheduler, jobs_t.c[name]), else_=func.coalesce(jobs_t.c[name], new[name]))
+               for name in ("name", "user", "account")},
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
             "release": func.coalesce(jobs_t.c.release, new.release),  # an admin's label is kept
             "first_seen_s": case((new.first_seen_s < jobs_t.c.first_seen_s, new.first_seen_s), else_=jobs_t.c.first_seen_s),
             "last_seen_s": case((new.last_seen_s > jobs_t.c.last_seen_s, new.last_seen_s), else_=jobs_t.c.last_seen_s),
             # Only data newer than any seen revives an ended job; a late replay does not.
-            "state": case((new.last_seen_s > jobs_t.c.last_seen_s, RUNNING), else_=jobs_t.c.state),
-            "ended_s": case((new.last_seen_s > jobs_t.c.last_seen_s, None), else_=jobs_t.c.ended_s),
+            "state": case((ended_by_scheduler, jobs_t.c.state), (revived, RUNNING), else_=jobs_t.c.state),
+            "ended_s": case((ended_by_scheduler, jobs_t.c.ended_s), (revived, None), else_=jobs_t.c.ended_s),
         },
     )
     conn.execute(stmt, _job_rows(batches))

@@ -131,8 +131,8 @@ def keep_first_metadata(conn: Connection, batch: BatchIn) -> list[MetadataConfli
     if not described:
         return []
     keys = {job_key(batch.cluster, j.id): j for j in described}
-    rows = conn.execute(select(jobs_t.c.job_id, jobs_t.c.metadata_source, *[jobs_t.c[f] for f in AGENT_FIELDS]).where(
-        jobs_t.c.job_id.in_(sorted(keys)))).all()
+    rows = conn.execute(select(jobs_t.c.job_id, jobs_t.c.metadata_source, jobs_t.c.scheduler,
+                               *[jobs_t.c[f] for f in AGENT_FIELDS]).where(jobs_t.c.job_id.in_(sorted(keys)))).all()
     conflicts = []
     for row in rows:
         job = keys[row.job_id]
@@ -140,7 +140,7 @@ def keep_first_metadata(conn: Connection, batch: BatchIn) -> list[MetadataConfli
             stored, sent = getattr(row, field), getattr(job, field)
             if stored is not None and sent is not None and stored != sent:
                 setattr(job, field, None)  # the writer keeps the stored value where the batch has none
-                if row.metadata_source is None:  # set by an admin or the scheduler: expected to differ
+                if row.metadata_source is None and row.scheduler is None:  # an admin's or the scheduler's: expected to differ
                     conflicts.append(MetadataConflict(row.job_id, field, stored, sent))
     for c in conflicts:
         _warn_once(batch.node, c)

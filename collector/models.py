@@ -76,6 +76,21 @@ class Job(TableModel, table=True):
     progress_at_s: float | None = None
     release: str | None = Field(default=None, max_length=256, index=True)  # model-card group, e.g. llama-2
     source: str = Field(default="agent", max_length=16, sa_column_kwargs={"server_default": "agent"})  # or "declared"
+    # Set by the scheduler's lifecycle events (collector.scheduler): its metadata wins over
+    # what an agent inferred, and its end time over the silence timeout.
+    scheduler: str | None = Field(default=None, max_length=32)
+    partition: str | None = Field(default=None, max_length=256)
+    qos: str | None = Field(default=None, max_length=256)
+    array_job_id: str | None = Field(default=None, max_length=128)
+    array_task_id: str | None = Field(default=None, max_length=128)
+    het_job_id: str | None = Field(default=None, max_length=128)
+    het_job_offset: str | None = Field(default=None, max_length=128)
+    node_list: str | None = Field(default=None, max_length=4096)
+    alloc_gpus: int | None = None
+    scheduler_state: str | None = Field(default=None, max_length=64)
+    exit_code: str | None = Field(default=None, max_length=64)
+    scheduler_started_s: float | None = None
+    scheduler_ended_s: float | None = None
     metadata_source: str | None = Field(default=None, max_length=16)  # admin | scheduler; None: agents (first writer)
 
 

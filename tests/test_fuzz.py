@@ -39,7 +39,10 @@ def fuzz(url: str, db_url: str, token: str, mode: str, examples: int, ingest: bo
     result = subprocess.run(
         [SCHEMATHESIS, "run", f"{url}/openapi.json", "--checks", "not_a_server_error,rejections_store_nothing",
          "--mode", mode, "-n", str(examples), "--phases", "examples,coverage,fuzzing", "--generation-deterministic",
-         "--no-color", "-H", f"Authorization: Bearer {token}", *select],
+         "--no-color", "-H", f"Authorization: Bearer {token}", *select,
+         # Jobs that valid scheduler events create have ids with a slash (<cluster>/<id>); schemathesis
+         # reuses them for {job_id} and then filters the path values it cannot place: not an API defect.
+         "--suppress-health-check=filter_too_much"],
         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

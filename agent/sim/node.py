@@ -6,6 +6,11 @@ Physics: each GPU draws a constant power within each whole second k after the ep
 seeded jitter (idle GPUs jitter near 0). The energy counter is the exact integral, in mJ,
 updated every 100 ms like the real one; power reads as the average of the last second.
 The same seed gives the same readings; the ground truth of any job is available.
+
+Given the node's job-mapping directory (``follow``), the simulated GPUs also run the jobs a
+real scheduler places on them: a GPU the mapping names runs at the node's
+``mapped_utilization`` from the next whole second after the mapping is seen until the next
+whole second after it is gone, so the power of every second already counted never changes.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pynvml
 
-from agent.attribution import JobRef, Owners
+from agent.attribution import JobRef, Owners, OwnerSource
 from agent.clock import Clock
 from agent.gpu import GpuSample
 from agent.sim.fakenvml import FakeDevice, FakeNvml
@@ -52,6 +57,10 @@ class SimGpu:
     index: int
     jobs: tuple[JobSpec, ...]  # jobs placed on this GPU, by start
     seed: int
+    mapped: list[list[float]] = field(default_factory=list)  # [from_s, until_s) a scheduler's job held it
+
+    def mapped_at(self, second: int) -> bool:
+        return any(start_s <= second < end_s for start_s, end_s in reversed(self.mapped))
 
     def job_at(self, offset_s: float) -> JobSpec | None:
         for job in self.jobs:
@@ -61,9 +70,13 @@ class SimGpu:
 
     def utilization(self, second: int) -> float:
         job = self.job_at(second)
-        if job is None:
+        if job is not None:
+            target = job.utilization
+        elif self.mapped and self.mapped_at(second):
+            target = self.node.mapped_utilization
+        else:
             return 0.01 * (1 + jitter(self.seed, self.node_no, self.index, second))
-        u = job.utilization * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
+        u = target * (1 + 0.05 * jitter(self.seed, self.node_no, self.index, second))
         return min(max(u, 0.0), 1.0)
 
     def power_w(self, second: int) -> float:
@@ -115,8 +128,11 @@ def gpus_of_node(spec: ClusterSpec, node_name: str) -> list[SimGpu]:
 class SimulatedNode:
     """One node of the spec, presented as a ``FakeNvml`` that advances with ``clock``."""
 
-    def __init__(self, spec: ClusterSpec, node_name: str, clock: Clock, epoch_s: float) -> None:
+    def __init__(
+        self, spec: ClusterSpec, node_name: str, clock: Clock, epoch_s: float, follow: OwnerSource | None = None
+    ) -> None:
         self.spec = spec
+        self.follow = follow
         self.clock = clock
         self.epoch_s = epoch_s
         self.gpus = gpus_of_node(spec, node_name)
@@ -165,6 +181,19 @@ class SimulatedNode:
         device.temperature_c = 30 + round(45 * device.power_mw / max(device.default_limit_mw or 1, 1))
         device.clocks_event_reasons = _clocks_event_reasons(device.util_gpu_pct, device.power_mw, device.enforced_limit_mw)
 
+    def follow_scheduler(self, offset_s: float) -> None:
+        """Start or stop the GPUs the job-mapping directory names, from the next whole second."""
+        if self.follow is None:
+            return
+        owned = self.follow.owners([])
+        from_s = math.ceil(offset_s)
+        for gpu in self.gpus:
+            running = bool(gpu.mapped) and gpu.mapped[-1][1] == math.inf
+            if gpu.index in owned and not running:
+                gpu.mapped.append([from_s, math.inf])
+            elif gpu.index not in owned and running:
+                gpu.mapped[-1][1] = from_s
+
     def owners(self, samples: Iterable[GpuSample]) -> dict[int, Owners]:
         result: dict[int, Owners] = {}
         for sample in samples:
@@ -188,11 +217,16 @@ class _SimNvml(FakeNvml):
         super().__init__(node.devices)
         self.node = node
         self._refreshed_in: dict[str, int] = {}
+        self._followed_in: int | None = None
 
     def _device(self, handle: FakeDevice) -> FakeDevice:
         self._check_init()
         # The getters of one sample, microseconds apart on a wall clock, read one state.
-        update = math.floor((self.node.clock.now() - self.node.epoch_s) * UPDATES_PER_S)
+        offset_s = self.node.clock.now() - self.node.epoch_s
+        update = math.floor(offset_s * UPDATES_PER_S)
+        if update != self._followed_in:
+            self.node.follow_scheduler(offset_s)
+            self._followed_in = update
         if not handle.lost and self._refreshed_in.get(handle.uuid) != update:
             self.node.refresh(handle)
             self._refreshed_in[handle.uuid] = update

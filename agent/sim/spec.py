@@ -16,6 +16,7 @@ memory_gib = 80
 energy_counter = true        # false: a GPU without NVML's energy counter
 nics = 8                     # RoCE ports (ConnectX-7 style sysfs counters); 0: none
 nic_rate_gbps = 400.0
+mapped_utilization = 0.9     # with --job-mapping-dir: a GPU the scheduler's mapping names runs at this
 
 [[jobs]]
 id = "1001"
@@ -66,6 +67,7 @@ class NodeSpec:
     datacenter: str | None = None
     nics: int = 0
     nic_rate_gbps: float = 400.0
+    mapped_utilization: float = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,13 @@ def _number(table: dict[str, Any], where: str, key: str, default: Any = ..., low
     return value
 
 
+def _fraction(table: dict[str, Any], where: str, key: str, default: float) -> float:
+    value = _number(table, where, key, default)
+    if value > 1:
+        raise SpecError(f"{where}.{key} = {value}: expected a fraction between 0 and 1")
+    return value
+
+
 def _node(table: dict[str, Any], where: str) -> NodeSpec:
     idle_w = _number(table, where, "idle_w")
     busy_w = _number(table, where, "busy_w")
@@ -147,6 +156,7 @@ def _node(table: dict[str, Any], where: str) -> NodeSpec:
         datacenter=_get(table, where, "datacenter", str, None),
         nics=int(_number(table, where, "nics", 0)),
         nic_rate_gbps=_number(table, where, "nic_rate_gbps", 400.0),
+        mapped_utilization=_fraction(table, where, "mapped_utilization", 0.9),
     )
 
 
@@ -163,9 +173,7 @@ def _job(table: dict[str, Any], where: str, nodes: dict[str, NodeSpec]) -> JobSp
     end_s = _number(table, where, "end_s") if "end_s" in table else math.inf
     if end_s <= start_s:
         raise SpecError(f"{where}.end_s = {end_s}: expected > start_s ({start_s})")
-    utilization = _number(table, where, "utilization", 0.9)
-    if utilization > 1:
-        raise SpecError(f"{where}.utilization = {utilization}: expected a fraction between 0 and 1")
+    utilization = _fraction(table, where, "utilization", 0.9)
     return JobSpec(
         id=str(_get(table, where, "id", (str, int))),
         nodes=job_nodes,

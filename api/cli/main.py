@@ -12,6 +12,7 @@ import typer
 from agent.cli import agent_command
 from api.cli.client import DEFAULT_SERVER, CliError, fail
 from api.cli.ledger import import_command, release_command, usage_command
+from api.cli.slurm import reconcile_command, summary_command
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -19,6 +20,8 @@ app = typer.Typer(
     help="Live GPU-hours, energy, dollars and CO2e per training job.",
 )
 app.command("agent")(agent_command)
+app.command("summary")(summary_command)
+app.command("reconcile")(reconcile_command)
 
 
 @app.command()

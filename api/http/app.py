@@ -20,6 +20,7 @@ from api.http.auth import AuthSettings, require_reader, require_unscoped_reader
 from api.http.bodylimit import BodySizeLimit
 from api.http.deps import EngineDep
 from api.http.routes import declared, ingest, jobs, ledger, releases, series, usage
+from api.http.routes import scheduler as scheduler_events
 from api.http.web.routes import install as install_web
 from api.intensity.feeds import refresh
 from api.reports.budgets import BudgetCollector
@@ -63,6 +64,7 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     app.include_router(ingest.router)
     app.include_router(ledger.router)  # before jobs: their former /v1/jobs/{id}/... paths must match first
     app.include_router(series.router)
+    app.include_router(scheduler_events.router)  # before jobs, as ledger (the former /v1/jobs/{id}/summary.txt)
     app.include_router(jobs.router)
     app.include_router(declared.router)  # before usage: /v1/usage/declared
     app.include_router(usage.router)

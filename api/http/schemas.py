@@ -67,13 +67,31 @@ class UsagePart(Usage):
     gpu_model: str
 
 
+class SchedulerInfo(BaseModel):
+    """What the scheduler said about the job (Slurm prolog/epilog); it wins over what agents inferred."""
+
+    name: str = Field(description="The scheduler, e.g. slurm.")
+    partition: str | None
+    qos: str | None
+    array_job_id: str | None
+    array_task_id: str | None
+    het_job_id: str | None
+    het_job_offset: str | None
+    node_list: str | None = Field(description="The job's nodes as the scheduler writes them.")
+    alloc_gpus: int | None = Field(description="GPUs allocated, all nodes together.")
+    state: str | None = Field(description="The scheduler's final state: COMPLETED, FAILED, CANCELLED, TIMEOUT, ...")
+    exit_code: str | None
+    started_at: datetime | None
+    ended_at: datetime | None = Field(description="The scheduler's end time; the job's ended_at when set.")
+
+
 class JobSummary(Usage):
     job_id: str = Field(description="Cluster-scoped id: <cluster>/<job id>.")
     cluster: str = Field(description="The cluster label the agents report (`--cluster`).")
     name: str | None = Field(description="Job name, from the job's environment (Slurm, or GPULEDGER_JOB_NAME).")
     user: str | None = Field(description="Job owner, from the job's environment.")
     account: str | None = Field(description="Account charged; scoped reader tokens see only theirs.")
-    state: str = Field(description="running, or ended after the configured silence.")
+    state: str = Field(description="running, or ended: at the scheduler's end (Slurm epilog), else after the configured silence.")
     started_at: datetime = Field(description="First data seen (UTC).")
     last_seen_at: datetime = Field(description="Last data seen (UTC).")
     ended_at: datetime | None = Field(description="When the job was marked ended (UTC); null while running.")
@@ -92,6 +110,7 @@ class JobSummary(Usage):
     network_congestion: str | None = Field(
         default=None, description="The network report's verdict: none, moderate, heavy or unknown; null without NIC data."
     )
+    scheduler: SchedulerInfo | None = Field(default=None, description="The scheduler's metadata; null if none reported the job.")
 
 
 class NetworkNode(BaseModel):

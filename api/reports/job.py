@@ -40,8 +40,22 @@ def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConf
             "state": job["state"], "started_at": _at(job["first_seen_s"]),
             "last_seen_at": _at(job["last_seen_s"]), "ended_at": _at(job["ended_s"]),
             "nodes": nodes, "gpus": gpus, **priced, "budget": budget_status(job, priced, time.time()),
+            "scheduler": scheduler_info(job),
         })
     return reports
+
+
+SCHEDULER_FIELDS = ("partition", "qos", "array_job_id", "array_task_id", "het_job_id", "het_job_offset",
+                    "node_list", "alloc_gpus", "exit_code")
+
+
+def scheduler_info(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The scheduler's metadata of a job row, or None when no scheduler reported it."""
+    if not job.get("scheduler"):
+        return None
+    return {"name": job["scheduler"], **{name: job.get(name) for name in SCHEDULER_FIELDS},
+            "state": job.get("scheduler_state"), "started_at": _at(job.get("scheduler_started_s")),
+            "ended_at": _at(job.get("scheduler_ended_s"))}
 
 
 def now() -> datetime:

@@ -9,7 +9,17 @@
 #   GPULEDGER_JOB_MAPPING_DIR  default /var/lib/dcgm-exporter/job-mapping
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-umask 022  # the agent reads the files as an unprivileged user
+umask 022
+# Site settings (GPULEDGER_SERVER, GPULEDGER_TOKEN_FILE, GPULEDGER_JOB_MAPPING_DIR, ...): KEY=value lines.
+conf=${GPULEDGER_SLURM_CONF:-/etc/gpuledger/slurm.env}
+if [ -r "$conf" ]; then set -a; . "$conf"; set +a; fi
+hook=${GPULEDGER_SLURM_HOOK:-$(dirname "$0")/gpuledger-slurm-hook}
+
+# Tell the server (GPULEDGER_SERVER) the job started, with Slurm's metadata; at most 1 s, never fails.
+notify() {
+    if [ -n "${GPULEDGER_SERVER:-}" ] && [ -x "$hook" ]; then "$hook" start || log "job $job: $hook start failed"; fi
+}
+  # the agent reads the files as an unprivileged user
 tag=gpuledger-prolog
 dir=${GPULEDGER_JOB_MAPPING_DIR:-/var/lib/dcgm-exporter/job-mapping}
 job=${SLURM_JOB_ID:-}
@@ -58,24 +68,36 @@ lock() {
         if [ "$n" -ge 10 ]; then log "job $job: stale lock $dir/.lock.d; going on"; return; fi
         sleep 1
     done
-    trap 'rmdir "$dir/.lock.d" 2>/dev/null' EXIT
+    mkdir_lock=1; trap 'rmdir "$dir/.lock.d" 2>/dev/null' EXIT
+}
+
+# Release the lock before notifying the server, which may take up to a second.
+unlock() {
+    { command exec 9>&-; } 2>/dev/null
+    if [ -n "${mkdir_lock:-}" ]; then mkdir_lock=; trap - EXIT; rmdir "$dir/.lock.d" 2>/dev/null; fi
 }
 
 case $job in
     '' | *[!0-9A-Za-z_.+-]*) log "SLURM_JOB_ID '$job' missing or invalid; nothing recorded"; exit 0 ;;
 esac
 indices=$(expand "$gpus")
-[ -n "$indices" ] || exit 0  # a job without GPUs: nothing to record
+[ -n "$indices" ] || exit 0  # a job without GPUs: nothing to record or account
 
-mkdir -p "$dir" || { log "job $job: cannot create $dir"; exit 0; }
-lock
-for index in $indices; do
-    file=$dir/$index
-    if [ -f "$file" ] && grep -qxF -- "$job" "$file"; then
-        continue  # already recorded (prolog re-run, e.g. on requeue)
-    fi
-    tmp=$dir/.tmp.$index.$$
-    { if [ -f "$file" ]; then cat "$file"; fi; echo "$job"; } >"$tmp" && mv -f "$tmp" "$file" \
-        || { log "job $job: cannot write $file"; rm -f "$tmp"; }
-done
+map() {
+    mkdir -p "$dir" || { log "job $job: cannot create $dir"; return 0; }
+    lock
+    for index in $indices; do
+        file=$dir/$index
+        if [ -f "$file" ] && grep -qxF -- "$job" "$file"; then
+            continue  # already recorded (prolog re-run, e.g. on requeue)
+        fi
+        tmp=$dir/.tmp.$index.$$
+        { if [ -f "$file" ]; then cat "$file"; fi; echo "$job"; } >"$tmp" && mv -f "$tmp" "$file" \
+            || { log "job $job: cannot write $file"; rm -f "$tmp"; }
+    done
+    unlock
+}
+
+map
+notify
 exit 0

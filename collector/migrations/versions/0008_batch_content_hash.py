@@ -2,7 +2,7 @@
 time stored twice), who set a job's metadata (agents cannot override an admin or the scheduler)
 
 Revision ID: d16_integrity
-Revises: d17_declared_usage
+Revises: 0007_scheduler
 Create Date: 2026-12-01
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'd16_integrity'
-down_revision = 'd17_declared_usage'
+down_revision = '0007_scheduler'
 branch_labels = None
 depends_on = None
 
