@@ -1,5 +1,5 @@
-"""Apply one batch, exactly once, in one transaction: batch identity, raw intervals,
-hourly rollups, jobs and their GPUs. SQLAlchemy Core bulk statements throughout."""
+"""Apply one batch, exactly once, in one transaction: batch identity, raw intervals (with
+dimension keys), minute and hourly rollups, jobs and their GPUs. SQLAlchemy Core bulk statements throughout."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from agent.energy import MEASURED
+from collector import dims
 from collector.db import insert_for
-from collector.models import RUNNING, GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.models import MINUTE_S, RUNNING, IngestedBatch, Job, JobGpu, JobHour, JobMinute, RawInterval
 from collector.network import write_network
-from collector.pieces import UNALLOCATED, job_key, split_by_hour
+from collector.pieces import UNALLOCATED, job_key, split_by_hour, split_by_step
 from collector.schemas import BatchIn, IntervalIn
 
 FUTURE_TOLERANCE_S = 900.0  # agents' clocks may be off by minutes; not by a quarter of an hour
@@ -23,7 +24,9 @@ RETRIES = 5
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 batches_t = IngestedBatch.__table__
-intervals_t = GpuInterval.__table__
+intervals_t = RawInterval
+minutes_t = JobMinute.__table__
+ADDED = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
 jobs_t = Job.__table__
 hours_t = JobHour.__table__
 job_gpus_t = JobGpu.__table__
@@ -110,22 +113,51 @@ def _apply(engine: Engine, batches: list[BatchIn], now_s: float) -> list[IngestR
 
 
 def _write_intervals(conn: Connection, batches: list[BatchIn]) -> None:
-    conn.execute(
-        intervals_t.insert(),
-        [
-            {"node": b.node, "seq": b.seq, "datacenter": b.datacenter,
-             "gpu_uuid": i.gpu_uuid, "gpu_model": i.gpu_model, "job_id": job_key(b.cluster, i.job),
-             "start_s": i.start_s, "end_s": i.end_s, "gpu_seconds": i.gpu_seconds,
-             "busy_gpu_seconds": i.busy_gpu_seconds, "energy_j": i.energy_j,
-             "energy_method": i.energy_method, "max_memory_used_bytes": i.max_memory_used_bytes}
-            for b in batches for i in b.intervals
-        ],
+    """Raw intervals with dimension keys, and their per-minute rollup per (job, place)."""
+    jobs = dims.job_keys(conn, (job_key(b.cluster, i.job) for b in batches for i in b.intervals))
+    places = dims.place_keys(conn, ((b.node, b.datacenter, i.gpu_model) for b in batches for i in b.intervals))
+    gpus = dims.gpu_keys(conn, ((places[(b.node, b.datacenter, i.gpu_model)], i.gpu_uuid)
+                                for b in batches for i in b.intervals))
+    rows, minutes = [], minute_rollup(batches, jobs, places)
+    for b in batches:
+        for i in b.intervals:
+            place = places[(b.node, b.datacenter, i.gpu_model)]
+            rows.append({"gpu_key": gpus[(place, i.gpu_uuid)], "job_key": jobs[job_key(b.cluster, i.job)],
+                         "start_s": i.start_s, "end_s": i.end_s, "gpu_seconds": i.gpu_seconds,
+                         "busy_gpu_seconds": i.busy_gpu_seconds, "energy_j": i.energy_j,
+                         "method": dims.METHOD_CODE[i.energy_method], "max_memory_used_bytes": i.max_memory_used_bytes})
+    conn.execute(intervals_t.insert(), rows)
+    stmt = insert_for(conn, minutes_t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_key", "minute_s", "place_key"],
+        set_={name: minutes_t.c[name] + stmt.excluded[name] for name in ADDED},
     )
+    conn.execute(stmt, [{"job_key": j, "minute_s": m, "place_key": p, **dict(zip(ADDED, values, strict=True))}
+                        for (j, m, p), values in sorted(minutes.items())])
+
+
+MinuteKey = tuple[int, int, int]  # job key, minute start, place key
+
+
+def minute_rollup(
+    batches: list[BatchIn], jobs: dict[str, int], places: dict[dims.PlaceName, int]
+) -> dict[MinuteKey, list[float]]:
+    """Sum per (job key, minute, place key), split as the hourly rollup is (so minutes add up to hours)."""
+    sums: dict[MinuteKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for batch in batches:
+        for interval in batch.intervals:
+            job = jobs[job_key(batch.cluster, interval.job)]
+            place = places[(batch.node, batch.datacenter, interval.gpu_model)]
+            for minute, share in split_by_step(interval.start_s, interval.end_s, _values(interval), MINUTE_S):
+                row = sums[(job, minute, place)]
+                for n in range(4):
+                    row[n] += share[n]
+    return sums
 
 
 def _write_rollups(conn: Connection, batches: list[BatchIn]) -> None:
     stmt = insert_for(conn, hours_t)
-    added = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
+    added = ADDED
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "hour_s", "datacenter", "gpu_model"],
         set_={name: hours_t.c[name] + stmt.excluded[name] for name in added},

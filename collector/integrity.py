@@ -4,8 +4,9 @@
   nothing written); with other content it is refused (``BatchConflict``, 409, both hashes).
 * GPU time: no GPU of a node may hold more GPU-seconds in a stretch of time than the stretch
   is long (``collector.gputime``), counting what is already stored. A batch that would is
-  refused whole (409): from another agent boot of the same node name, as a second live agent;
-  else as an overlap with the node's own stored time.
+  refused whole (409): as a second live agent when none of the node's batches received since
+  the contested time is this agent boot's (raw rows carry no batch seq), else as an overlap
+  with the node's own stored time.
 * Job metadata (name, user, account, budgets) is first-writer-wins from agents: a value that
   differs from the stored one is not applied, and is logged and counted. An admin, or the
   scheduler, changes it with ``collector.jobmeta.set_job_metadata``.
@@ -20,12 +21,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
 from collector.gputime import TOLERANCE_S, Excess, Span, excess
-from collector.models import GpuInterval, IngestedBatch, Job
+from collector.ingest import FUTURE_TOLERANCE_S
+from collector.models import GpuKey, IngestedBatch, Job, Place, RawInterval
 from collector.pieces import job_key
 from collector.schemas import BatchIn, spans_by_gpu
 
 log = logging.getLogger(__name__)
-batches_t, intervals_t, jobs_t = IngestedBatch.__table__, GpuInterval.__table__, Job.__table__
+batches_t, jobs_t, raw_t = IngestedBatch.__table__, Job.__table__, RawInterval
+gpu_keys_t, places_t = GpuKey.__table__, Place.__table__
 AGENT_FIELDS = ("name", "user", "account", "budget_usd", "budget_co2e_kg")
 
 
@@ -83,16 +86,17 @@ def _applied_before(conn: Connection, batch: BatchIn) -> bool:
     return True
 
 
-def _stored_spans(conn: Connection, batch: BatchIn) -> dict[str, list[tuple[Span, int]]]:
-    """The node's stored intervals within the batch's time, by GPU, with their batch seq."""
+def _stored_spans(conn: Connection, batch: BatchIn) -> dict[str, list[Span]]:
+    """The node's stored raw intervals within the batch's time, by GPU UUID."""
     low_s, high_s = min(i.start_s for i in batch.intervals), max(i.end_s for i in batch.intervals)
-    rows = conn.execute(select(intervals_t.c.gpu_uuid, intervals_t.c.start_s, intervals_t.c.end_s,
-                               intervals_t.c.gpu_seconds, intervals_t.c.seq).where(
-        intervals_t.c.node == batch.node, intervals_t.c.end_s > low_s + TOLERANCE_S,
-        intervals_t.c.start_s < high_s - TOLERANCE_S))
-    stored: dict[str, list[tuple[Span, int]]] = {}
+    r = raw_t.c
+    rows = conn.execute(
+        select(gpu_keys_t.c.gpu_uuid, r.start_s, r.end_s, r.gpu_seconds)
+        .select_from(raw_t.join(gpu_keys_t, gpu_keys_t.c.id == r.gpu_key).join(places_t, places_t.c.id == gpu_keys_t.c.place_id))
+        .where(places_t.c.node == batch.node, r.end_s > low_s + TOLERANCE_S, r.start_s < high_s - TOLERANCE_S))
+    stored: dict[str, list[Span]] = {}
     for row in rows:
-        stored.setdefault(row.gpu_uuid, []).append((Span(row.start_s, row.end_s, row.gpu_seconds, stored=True), row.seq))
+        stored.setdefault(row.gpu_uuid, []).append(Span(row.start_s, row.end_s, row.gpu_seconds, stored=True))
     return stored
 
 
@@ -103,15 +107,18 @@ def _check_gpu_time(conn: Connection, batch: BatchIn) -> None:
     for uuid, spans in spans_by_gpu(batch).items():
         if uuid not in stored:
             continue
-        found = excess(spans + [span for span, _ in stored[uuid]])
+        found = excess(spans + stored[uuid])
         if found is not None:
-            seqs = sorted({seq for span, seq in stored[uuid] if span.end_s > found.start_s and span.start_s < found.end_s})
-            raise _overlap(conn, batch, uuid, found, seqs)
+            raise _overlap(conn, batch, uuid, found)
 
 
-def _overlap(conn: Connection, batch: BatchIn, uuid: str, found: Excess, seqs: list[int]) -> BatchConflict:
+def _overlap(conn: Connection, batch: BatchIn, uuid: str, found: Excess) -> BatchConflict:
+    """Raw rows do not name their batch; the node's batches that may have stored time after
+    ``found.start_s`` are those received since then (an interval cannot arrive before it ends,
+    give or take the agents' clock skew): another agent if none of them is this boot's."""
+    since_s = found.start_s - FUTURE_TOLERANCE_S
     boots = sorted(conn.execute(select(batches_t.c.boot_id).distinct().where(
-        batches_t.c.node == batch.node, batches_t.c.seq.in_(seqs))).scalars())
+        batches_t.c.node == batch.node, batches_t.c.received_at_s >= since_s)).scalars())
     where = f"node {batch.node!r}, gpu_uuid {uuid!r}: {found.describe()}"
     if boots and batch.boot_id not in boots:
         return BatchConflict(
@@ -119,7 +126,7 @@ def _overlap(conn: Connection, batch: BatchIn, uuid: str, found: Excess, seqs: l
             f"agent (boot_id {batch.boot_id!r}) is refused. Are two agents running as node {batch.node!r}? "
             "Give each node its own --node name (and token)", "overlap")
     return BatchConflict(
-        f"{where}: the batch overlaps GPU time this node already stored (batch seq {', '.join(map(str, seqs))}); "
+        f"{where}: the batch overlaps GPU time this node already stored; "
         "no GPU's seconds may exceed wall-clock time, so it is refused and nothing of it is stored", "overlap")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sqlalchemy import BigInteger, Column, Index, Table
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, SmallInteger, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 RUNNING = "running"
@@ -30,29 +30,74 @@ class IngestedBatch(TableModel, table=True):
     content_hash: str | None = Field(default=None, max_length=64)  # sha256 of the batch as sent (collector.integrity)
 
 
-class GpuInterval(TableModel, table=True):
-    """Raw intervals as the agents cut them; reports never read these, a job's charts read its last hours."""
+RAW_TABLE = "raw_intervals"
+MINUTE_TABLE = "job_minutes"
+MINUTE_S = 60  # width of the minute tier's buckets
 
-    __tablename__ = "gpu_intervals"
-    __table_args__ = (
-        Index("ix_gpu_intervals_end_s", "end_s"),  # retention
-        Index("ix_gpu_intervals_job_id_end_s", "job_id", "end_s"),  # one job's last hours (api.queries.series)
-        Index("ix_gpu_intervals_node_end_s", "node", "end_s"),  # a node's stored GPU time (collector.integrity)
-    )
+
+class JobKey(TableModel, table=True):
+    """A small integer for each job id, so the raw and minute tiers do not repeat the string."""
+
+    __tablename__ = "job_keys"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=300, unique=True)
+
+
+class Place(TableModel, table=True):
+    """A node with its datacenter and GPU model: what the minute tier is rolled up by."""
+
+    __tablename__ = "places"
+    __table_args__ = (UniqueConstraint("node", "datacenter", "gpu_model", name="uq_places_node_datacenter_gpu_model"),)
     id: int | None = Field(default=None, primary_key=True)
     node: str = Field(max_length=128)
-    seq: int = Field(sa_type=BigInteger)
     datacenter: str = Field(max_length=128)
-    gpu_uuid: str = Field(max_length=128)
     gpu_model: str = Field(max_length=128)
-    job_id: str = Field(max_length=300)
-    start_s: float
-    end_s: float
+
+
+class GpuKey(TableModel, table=True):
+    """A GPU (UUID) at a place; raw intervals carry its id."""
+
+    __tablename__ = "gpu_keys"
+    __table_args__ = (UniqueConstraint("place_id", "gpu_uuid", name="uq_gpu_keys_place_id_gpu_uuid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    place_id: int = Field(foreign_key="places.id")
+    gpu_uuid: str = Field(max_length=128)
+
+
+# Raw intervals as the agents cut them, with integer keys: reports never read these, a job's
+# charts read its last hours. No primary key (nothing looks a row up by identity); on PostgreSQL
+# range-partitioned by day of end_s (collector.partitions), so retention drops whole partitions.
+RawInterval = Table(
+    RAW_TABLE, SQLModel.metadata,
+    Column("gpu_key", Integer, nullable=False),
+    Column("job_key", Integer, nullable=False),
+    Column("start_s", Float, nullable=False),
+    Column("end_s", Float, nullable=False),
+    Column("gpu_seconds", Float, nullable=False),
+    Column("busy_gpu_seconds", Float, nullable=False),
+    Column("energy_j", Float, nullable=False),
+    Column("method", SmallInteger, nullable=False),  # index into agent.energy.METHODS
+    Column("max_memory_used_bytes", BigInteger, nullable=True),
+    Index("ix_raw_intervals_job_key_end_s", "job_key", "end_s"),  # one job's last hours
+    Index("ix_raw_intervals_gpu_key_end_s", "gpu_key", "end_s"),  # a node's stored GPU time (collector.integrity)
+    Index("ix_raw_intervals_end_s", "end_s", postgresql_using="brin"),  # retention (SQLite; tiny on PostgreSQL)
+    postgresql_partition_by="RANGE (end_s)",
+)
+
+
+class JobMinute(TableModel, table=True):
+    """Per-minute rollup per (job, place), written with the raw intervals on ingest; the charts
+    of the weeks after the raw intervals are gone. Range-partitioned by minute_s on PostgreSQL."""
+
+    __tablename__ = MINUTE_TABLE
+    __table_args__ = {"postgresql_partition_by": "RANGE (minute_s)"}
+    job_key: int = Field(primary_key=True)
+    minute_s: int = Field(primary_key=True, sa_type=BigInteger)
+    place_key: int = Field(primary_key=True)
     gpu_seconds: float
     busy_gpu_seconds: float
     energy_j: float
-    energy_method: str = Field(max_length=32)
-    max_memory_used_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    energy_counter_j: float
 
 
 class Job(TableModel, table=True):

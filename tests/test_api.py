@@ -110,3 +110,20 @@ def test_bad_config_names_the_field_and_value(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "datacenters.dc1.pue = 0.5" in result.stderr
+
+
+def test_polls_get_304_until_the_job_changes(loaded):
+    url = loaded.url
+    for path in ("/v1/jobs/c/1", "/v1/series/c%2F1", "/v1/jobs/c/1/series", "/v1/jobs?limit=10"):  # series: canonical, former
+        first = httpx.get(f"{url}{path}")
+        tag = first.headers["ETag"]
+        assert first.status_code == 200 and tag.startswith('"') and first.headers["Cache-Control"] == "no-cache"
+        same = httpx.get(f"{url}{path}", headers={"If-None-Match": f'"other", W/{tag}'})
+        assert (same.status_code, same.content, same.headers["ETag"]) == (304, b"", tag)
+        assert httpx.get(f"{url}{path}", headers={"If-None-Match": '"other"'}).status_code == 200
+    tags = {path: httpx.get(f"{url}{path}").headers["ETag"] for path in ("/v1/jobs/c/1", "/v1/jobs/c/2")}
+    post(url, "n3", 0, {"id": "1", "name": "a", "user": "alice", "account": "nlp"}, 60.0, 60.0 * 500, NOW - 100)
+    changed = httpx.get(f"{url}/v1/jobs/c/1", headers={"If-None-Match": tags["/v1/jobs/c/1"]})
+    assert changed.status_code == 200 and changed.headers["ETag"] != tags["/v1/jobs/c/1"]
+    assert changed.json()["gpus"] == 3
+    assert httpx.get(f"{url}/v1/jobs/c/2", headers={"If-None-Match": tags["/v1/jobs/c/2"]}).status_code == 304

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from collector.ingest import BatchRejected, apply_batch
 from collector.lifecycle import end_silent_jobs
-from collector.models import GpuInterval, IngestedBatch, Job, JobGpu, JobHour
+from collector.models import IngestedBatch, Job, JobGpu, JobHour, RawInterval
 from collector.pieces import hour_pieces
 from collector.schemas import BatchIn
 from tests.conftest import BACKENDS
@@ -35,8 +35,16 @@ def batch(seq=0, intervals=None, node="node-a", **kw):
 
 def table_counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
-        return {m.__tablename__: conn.execute(select(func.count()).select_from(m)).scalar_one()
-                for m in (IngestedBatch, GpuInterval, Job, JobHour, JobGpu)}
+        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (IngestedBatch.__table__, RawInterval, Job.__table__, JobHour.__table__, JobGpu.__table__)}
+
+
+def minutes(engine) -> dict:
+    """The minute tier with its keys resolved: (job, node, minute) -> sums."""
+    query = ("SELECT k.job_id, p.node, m.minute_s, m.gpu_seconds, m.busy_gpu_seconds, m.energy_j, m.energy_counter_j "
+             "FROM job_minutes m JOIN job_keys k ON k.id = m.job_key JOIN places p ON p.id = m.place_key")
+    with engine.connect() as conn:
+        return {(job, node, minute): tuple(values) for job, node, minute, *values in conn.exec_driver_sql(query)}
 
 
 def hours(engine) -> dict:
@@ -68,8 +76,10 @@ def test_same_batch_twice_and_out_of_order_counts_once(engine):
     first, second = batch(seq=0), batch(seq=1, intervals=[interval(start=HOUR + 6, end=HOUR + 16, energy=1000.0)])
     for body in (second, first, second, first):
         apply_batch(engine, BatchIn.model_validate(body), HOUR + 20)
-    assert table_counts(engine) == {"ingested_batches": 2, "gpu_intervals": 2, "jobs": 1, "job_hours": 2, "job_gpus": 1}
+    assert table_counts(engine) == {"ingested_batches": 2, "raw_intervals": 2, "jobs": 1, "job_hours": 2, "job_gpus": 1}
     assert hours(engine)[("c1/1", HOUR)] == (16.0, 8.0, 2800.0, 2800.0)
+    assert minutes(engine) == {("c1/1", "node-a", HOUR - 60): (4.0, 2.0, 1200.0, 1200.0),
+                               ("c1/1", "node-a", HOUR): (16.0, 8.0, 2800.0, 2800.0)}
     with engine.connect() as conn:
         job = conn.execute(select(Job.__table__)).one()
     assert (job.first_seen_s, job.last_seen_s) == (HOUR - 4, HOUR + 16)

@@ -52,8 +52,8 @@ class World:
         content = body if isinstance(body, str) else json.dumps(body)
         return self.client.post("/v1/ingest", content=content, headers=headers)
 
-    def get(self, path: str, who: str = "admin") -> Any:
-        return self.client.get(path, headers=self.headers[who])
+    def get(self, path: str, who: str = "admin", headers: dict[str, str] | None = None) -> Any:
+        return self.client.get(path, headers=self.headers[who] | (headers or {}))
 
     def totals(self) -> dict[str, Any]:
         """Row counts of every table and the summed rollups: what a rejected request must not change."""
@@ -206,7 +206,7 @@ def test_overlapping_gpu_time_is_refused_and_counted(world: World):
     assert again.status_code == 409
     assert again.json()["detail"] == (
         f"batch refused: node 'n1', gpu_uuid 'GPU-0': [{T0:.3f}, {T0 + 15:.3f}] holds 20 GPU-seconds (10 of them already "
-        "stored), more than its 15 s of wall-clock time: the batch overlaps GPU time this node already stored (batch seq 0); "
+        "stored), more than its 15 s of wall-clock time: the batch overlaps GPU time this node already stored; "
         "no GPU's seconds may exceed wall-clock time, so it is refused and nothing of it is stored")
     thousand = world.ingest(batch(2, [interval(T0 + 100) for _ in range(1000)]))  # one batch, 1000x the same 10 s
     assert thousand.status_code == 422
@@ -329,6 +329,8 @@ def test_job_ids_that_look_like_routes_reach_their_own_pages(world: World):
     # The former paths still work for old clients; where an id ends like one, the id wins.
     assert world.get("/v1/jobs/c/j1/series").json()["name"] == "name of j1/series"
     assert world.get("/v1/jobs/c/j1/report.csv").json()["name"] == "name of j1/report.csv"
+    tag = world.get("/v1/jobs/c%2Fj1%2Freport.csv").headers["ETag"]  # the report's ETag, on the former path too
+    assert world.get("/v1/jobs/c/j1/report.csv", headers={"If-None-Match": tag}).status_code == 304
     assert world.get("/v1/jobs/c/series/series").json()["job_id"] == "c/series"
     assert world.get("/v1/jobs/c/j1/footprint").json()["job_id"] == "c/j1"
     assert world.get("/v1/jobs/c/..%2Fx").json()["name"] == "name of ../x"

@@ -47,6 +47,46 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupedUsage:
+    """A job's hourly rollups of one (datacenter, GPU model) summed over a period in which every
+    rate is constant (``rate_boundaries``), with the hourly intensity applied in the sums:
+    ``*_g`` are sums of the quantity times the hour's stored gCO2e/kWh over the hours that have
+    one; ``series_*`` the quantity over those hours."""
+
+    hour_s: int  # the first hour of the period (where the rates are looked up)
+    datacenter: str
+    gpu_model: str
+    gpu_seconds: float
+    busy_gpu_seconds: float
+    energy_j: float
+    energy_counter_j: float
+    energy_declared_j: float = 0.0
+    energy_estimated_j: float = 0.0
+    hours: int = 1
+    series_gpu_seconds: float = 0.0
+    series_energy_j: float = 0.0
+    gpu_seconds_g: float = 0.0
+    energy_j_g: float = 0.0
+    series_hours: int = 0
+    min_g: float | None = None
+    max_g: float | None = None
+
+
+def rate_boundaries(config: LedgerConfig) -> list[int]:
+    """Every time at which some rate changes (PUE schedules, rate cards); between two of them
+    all rates but the hourly grid intensity are constant."""
+    times = {change.start.timestamp() for dc in config.datacenters.values() for change in dc.pue_schedule}
+    if not config.pricing.reprice_history:
+        times |= {card.valid_from.timestamp() for card in config.rate_cards}
+    return sorted(int(-(-t // 1)) for t in times)  # hour_s >= t  <=>  hour_s >= ceil(t), hours being integers
+
+
+def regions(config: LedgerConfig) -> tuple[dict[str, str], str]:
+    """Each configured datacenter's region, and the region of any other."""
+    return {name: dc.region for name, dc in config.datacenters.items()}, config.datacenter("\0unconfigured").region
+
+
+@dataclass(frozen=True, slots=True)
 class _Fixed:
     """The rates of one (datacenter, GPU model) that do not change from hour to hour."""
 
@@ -97,6 +137,28 @@ def _embodied_parts(gpu_hours: float, split: tuple[float, float] | None) -> dict
     if split is None:
         return {"embodied_gpu_co2e_kg": None, "embodied_server_co2e_kg": None}
     return {"embodied_gpu_co2e_kg": gpu_hours * split[0], "embodied_server_co2e_kg": gpu_hours * split[1]}
+
+
+def _group(row: GroupedUsage, fixed: _Fixed, config: LedgerConfig, cluster: str, applied: Applied) -> dict[str, Any]:
+    """``_hour`` for a period's sums: linear in seconds and joules, the intensity inside the sums."""
+    dc = fixed.dc
+    per_gpu_hour_kwh = dc.node_overhead_w / dc.gpus_per_node / 1000
+    scratch: Applied = defaultdict(set)
+    priced = _hour(UsageRow(row.hour_s, row.datacenter, row.gpu_model, row.gpu_seconds, row.busy_gpu_seconds,
+                            row.energy_j, row.energy_counter_j, row.energy_declared_j, row.energy_estimated_j),
+                   fixed, config, cluster, {}, scratch)
+    for kind, key in (("usd", row.gpu_model), ("pue", row.datacenter)):
+        applied[(kind, key)] |= scratch[(kind, key)]
+    pue = dc.pue_at(row.hour_s)
+    series_kwh = (row.series_energy_j / 3.6e6 + row.series_gpu_seconds / 3600 * per_gpu_hour_kwh) * pue
+    weighted = (row.energy_j_g / 3.6e6 + row.gpu_seconds_g / 3600 * per_gpu_hour_kwh) * pue  # facility kWh x g/kWh
+    static_kwh = priced["facility_energy_kwh"] - series_kwh
+    intensities = applied[("intensity", dc.region)]
+    if row.series_hours and row.min_g is not None and row.max_g is not None:
+        intensities.update((row.min_g, row.max_g))
+    if row.series_hours < row.hours:
+        intensities.add(fixed.static_intensity)
+    return priced | {"co2e_kg": (weighted + static_kwh * fixed.static_intensity) / 1000, "hourly_facility_kwh": series_kwh}
 
 
 OPTIONAL = ("market_co2e_kg", "embodied_gpu_co2e_kg", "embodied_server_co2e_kg")  # None where not stated
@@ -165,6 +227,33 @@ def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly:
         energy_j += row.energy_j
         declared_j += row.energy_declared_j
         estimated_j += row.energy_estimated_j
+    return _assemble(parts, applied, config, (counter_j, energy_j, declared_j, estimated_j))
+
+
+def price_grouped(groups: list[GroupedUsage], config: LedgerConfig, cluster: str = "") -> dict[str, Any]:
+    """``price`` from rollups pre-summed per period of constant rates: the same report, at a cost
+    that depends on the number of rate periods, not on the job's length."""
+    parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    applied: Applied = defaultdict(set)
+    counter_j = energy_j = declared_j = estimated_j = 0.0
+    fixed: dict[tuple[str, str], _Fixed] = {}
+    for group in groups:
+        key = (group.datacenter, group.gpu_model)
+        if key not in fixed:
+            fixed[key] = _fixed(config, *key)
+        _add(parts[key], _group(group, fixed[key], config, cluster, applied))
+        counter_j += group.energy_counter_j
+        energy_j += group.energy_j
+        declared_j += group.energy_declared_j
+        estimated_j += group.energy_estimated_j
+    return _assemble(parts, applied, config, (counter_j, energy_j, declared_j, estimated_j))
+
+
+def _assemble(parts: dict[tuple[str, str], dict[str, Any]], applied: Applied, config: LedgerConfig,
+              energy: tuple[float, float, float, float]) -> dict[str, Any]:
+    """Totals, breakdown and rates from the per-(datacenter, model) sums; ``energy`` is
+    (counter, all, declared, estimated) joules."""
+    counter_j, energy_j, declared_j, estimated_j = energy
     totals: dict[str, Any] = dict.fromkeys(TOTALS, 0.0)
     totals["market_co2e_kg"] = None
     totals["embodied_gpu_co2e_kg"] = totals["embodied_server_co2e_kg"] = None

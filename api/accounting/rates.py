@@ -126,7 +126,9 @@ class JobsSection(Section):
 
 
 class RetentionSection(Section):
-    raw_days: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    raw_days: float = Field(default=2.0, gt=0, allow_inf_nan=False, description="Raw intervals and batch identities.")
+    minute_days: float = Field(default=35.0, gt=0, allow_inf_nan=False, description="Per-minute rollups per (job, node).")
+    partitions_ahead_days: int = Field(default=2, ge=1, le=60, description="PostgreSQL day partitions created ahead.")
     prune_interval_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
 

@@ -83,8 +83,9 @@ def server(
     tls: dict[str, Any] = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
     app_ = create_app(engine, ledger_config, auth=auth)
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, http=timed_protocol(read_timeout),
-                timeout_keep_alive=keep_alive_timeout, h11_max_incomplete_event_size=MAX_HEADER_BYTES, **tls)
+    # uvicorn annotates timeout_keep_alive as int; its timer takes fractional seconds as well
+    limits: dict[str, Any] = {"timeout_keep_alive": keep_alive_timeout, "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, http=timed_protocol(read_timeout), **limits, **tls)
 
 
 def _defaults_used(engine: object, config: object) -> list[str]:

@@ -26,7 +26,8 @@ from api.intensity.feeds import refresh
 from api.reports.budgets import BudgetCollector
 from api.reports.jobmetrics import JobCollector
 from collector.lifecycle import end_silent_jobs
-from collector.retention import prune
+from collector.partitions import ensure_partitions
+from collector.retention import maintain
 from collector.stats import IngestStats
 from collector.writer import GroupWriter
 
@@ -37,13 +38,15 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
         app.state.writer.start()
         sched = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
         if scheduler:
+            ensure_partitions(engine, time.time(), config.retention.partitions_ahead_days)  # before the first batch
             sched.add_job(
                 lambda: end_silent_jobs(engine, time.time(), config.jobs.silence_s),
                 "interval", seconds=config.jobs.sweep_interval_s, id="end_silent_jobs",
             )
             sched.add_job(
-                lambda: prune(engine, time.time(), config.retention.raw_days),
-                "interval", seconds=config.retention.prune_interval_s, id="prune_raw_intervals",
+                lambda: maintain(engine, time.time(), config.retention.raw_days, config.retention.minute_days,
+                                 config.retention.partitions_ahead_days),
+                "interval", seconds=config.retention.prune_interval_s, id="storage_tiers",
             )
             for n, provider in enumerate(config.intensity_providers):
                 sched.add_job(refresh, "interval", args=(engine, provider), seconds=provider.interval_s,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -256,6 +256,8 @@ class JobSeries(BaseModel):
     as_of: datetime
     step_s: int = Field(description="Width of the fine buckets (seconds).")
     fine_from_s: int | None = Field(description="Where the fine buckets start (Unix seconds); null: hourly only.")
+    fine_tier: Literal["raw", "minute"] = Field(
+        default="raw", description="Where the fine buckets come from: raw intervals (recent) or per-minute rollups.")
     budget_usd: float | None
     budget_co2e_kg: float | None
     forecast: SeriesForecast | None = Field(description="The report's forecast at completion; null without one.")

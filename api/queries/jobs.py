@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, case, func, literal, select
+from sqlalchemy import Engine, bindparam, case, func, literal, select
 
-from api.accounting.pricing import UsageRow
+from api.accounting.pricing import GroupedUsage, UsageRow
 from collector.models import GridIntensity, Job, JobGpu, JobHour, JobNetHour
 from collector.pieces import UNALLOCATED
 
@@ -37,6 +38,8 @@ def list_jobs(
 
 
 JOB_ID = re.compile(r"^[\x21-\x7e]{1,300}$")  # "<cluster>/<local id>", as ingest accepts them
+_JOB = select(jobs_t).where(jobs_t.c.job_id == bindparam("job_id"))  # the reads' statements are built once
+_IDS: Any = bindparam("job_ids", expanding=True)
 
 
 def get_job(engine: Engine, job_id: str) -> dict[str, Any] | None:
@@ -44,7 +47,7 @@ def get_job(engine: Engine, job_id: str) -> dict[str, Any] | None:
     if not JOB_ID.match(job_id):
         return None
     with engine.connect() as conn:
-        row = conn.execute(select(jobs_t).where(jobs_t.c.job_id == job_id)).first()
+        row = conn.execute(_JOB, {"job_id": job_id}).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -62,6 +65,62 @@ def usage(engine: Engine, job_ids: list[str]) -> dict[str, list[UsageRow]]:
     return result
 
 
+def usage_grouped(
+    engine: Engine, job_ids: list[str], boundaries: list[int], regions: dict[str, str], other_region: str
+) -> dict[str, list[GroupedUsage]]:
+    """Each job's hourly rollups summed in SQL per (datacenter, GPU model, period between two
+    ``boundaries``), the stored hourly intensity of the datacenter's region applied in the sums
+    (no join at all while no region of the configuration has an hourly series)."""
+    region_items = tuple(sorted(regions.items()))
+    result: dict[str, list[GroupedUsage]] = defaultdict(list)
+    with engine.connect() as conn:
+        series = conn.execute(_any_intensity(tuple(sorted({*regions.values(), other_region})))).first() is not None
+        query = _grouped(tuple(boundaries), region_items, other_region) if series else _summed(tuple(boundaries))
+        for job_id, *values in conn.execute(query, {"job_ids": job_ids}):
+            result[job_id].append(GroupedUsage(*values))
+    return result
+
+
+def _period(boundaries: tuple[int, ...]) -> Any:
+    return sum((case((hours_t.c.hour_s >= b, 1), else_=0) for b in boundaries), literal(0))
+
+
+@lru_cache(maxsize=16)
+def _any_intensity(regions: tuple[str, ...]) -> Any:
+    return select(grid_t.c.hour_s).where(grid_t.c.region.in_(regions)).limit(1)
+
+
+@lru_cache(maxsize=16)
+def _grouped(boundaries: tuple[int, ...], regions: tuple[tuple[str, str], ...], other_region: str) -> Any:
+    h, g = hours_t.c, grid_t.c
+    region = (case(*((h.datacenter == name, literal(r)) for name, r in regions), else_=literal(other_region))
+              if regions else literal(other_region))
+    has = g.g_per_kwh.is_not(None)
+    return (
+        select(h.job_id, func.min(h.hour_s), h.datacenter, h.gpu_model, func.sum(h.gpu_seconds),
+               func.sum(h.busy_gpu_seconds), func.sum(h.energy_j), func.sum(h.energy_counter_j),
+               func.sum(h.energy_declared_j), func.sum(h.energy_estimated_j), func.count(),
+               func.sum(case((has, h.gpu_seconds), else_=0.0)), func.sum(case((has, h.energy_j), else_=0.0)),
+               func.coalesce(func.sum(h.gpu_seconds * g.g_per_kwh), 0.0), func.coalesce(func.sum(h.energy_j * g.g_per_kwh), 0.0),
+               func.count(g.g_per_kwh), func.min(g.g_per_kwh), func.max(g.g_per_kwh))
+        .select_from(hours_t.outerjoin(grid_t, (g.region == region) & (g.hour_s == h.hour_s)))
+        .where(h.job_id.in_(_IDS))
+        .group_by(h.job_id, h.datacenter, h.gpu_model, _period(boundaries))
+    )
+
+
+@lru_cache(maxsize=16)
+def _summed(boundaries: tuple[int, ...]) -> Any:
+    h = hours_t.c
+    return (
+        select(h.job_id, func.min(h.hour_s), h.datacenter, h.gpu_model, func.sum(h.gpu_seconds),
+               func.sum(h.busy_gpu_seconds), func.sum(h.energy_j), func.sum(h.energy_counter_j),
+               func.sum(h.energy_declared_j), func.sum(h.energy_estimated_j), func.count())
+        .where(h.job_id.in_(_IDS))
+        .group_by(h.job_id, h.datacenter, h.gpu_model, _period(boundaries))
+    )
+
+
 def hourly_intensity(engine: Engine, regions: set[str], first_hour_s: int, last_hour_s: int) -> dict[tuple[str, int], float]:
     """The stored hourly series of ``regions`` over [first_hour_s, last_hour_s]."""
     if not regions:
@@ -75,13 +134,15 @@ def hourly_intensity(engine: Engine, regions: set[str], first_hour_s: int, last_
 
 def placement(engine: Engine, job_ids: list[str]) -> dict[str, tuple[int, int]]:
     """(nodes, gpus) each job has run on."""
-    query = (
-        select(job_gpus_t.c.job_id, func.count(func.distinct(job_gpus_t.c.node)), func.count())
-        .where(job_gpus_t.c.job_id.in_(job_ids))
-        .group_by(job_gpus_t.c.job_id)
-    )
     with engine.connect() as conn:
-        return {job_id: (nodes, gpus) for job_id, nodes, gpus in conn.execute(query)}
+        return {job_id: (nodes, gpus) for job_id, nodes, gpus in conn.execute(_PLACEMENT, {"job_ids": job_ids})}
+
+
+_PLACEMENT = (
+    select(job_gpus_t.c.job_id, func.count(func.distinct(job_gpus_t.c.node)), func.count())
+    .where(job_gpus_t.c.job_id.in_(_IDS))
+    .group_by(job_gpus_t.c.job_id)
+)
 
 
 def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
@@ -89,23 +150,25 @@ def network(engine: Engine, job_id: str) -> list[dict[str, Any]]:
     return network_by_job(engine, [job_id]).get(job_id, [])
 
 
+_NET_SUMMED = ("seconds", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
+               "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts", "apportioned_bytes",
+               "link_down_port_seconds")
+_NET_PEAKS = ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
+_NETWORK = (
+    select(net_hours_t.c.job_id, net_hours_t.c.node,
+           *(func.sum(net_hours_t.c[n]).label(n) for n in _NET_SUMMED),
+           *(func.max(net_hours_t.c[n]).label(n) for n in _NET_PEAKS))
+    .where(net_hours_t.c.job_id.in_(_IDS))
+    .group_by(net_hours_t.c.job_id, net_hours_t.c.node)
+    .order_by(net_hours_t.c.job_id, net_hours_t.c.node)
+)
+
+
 def network_by_job(engine: Engine, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Each job's RoCE rollups summed per node, in one query; jobs without any are left out."""
-    summed = ("seconds", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "cnp_sent", "cnp_handled",
-              "ecn_marked_packets", "retransmits", "out_of_sequence", "timeouts", "apportioned_bytes",
-              "link_down_port_seconds")
-    peaks = ("ports", "peak_tx_gbps", "peak_rx_gbps", "peak_link_util_pct")
-    query = (
-        select(net_hours_t.c.job_id, net_hours_t.c.node,
-               *(func.sum(net_hours_t.c[n]).label(n) for n in summed),
-               *(func.max(net_hours_t.c[n]).label(n) for n in peaks))
-        .where(net_hours_t.c.job_id.in_(job_ids))
-        .group_by(net_hours_t.c.job_id, net_hours_t.c.node)
-        .order_by(net_hours_t.c.job_id, net_hours_t.c.node)
-    )
     result: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with engine.connect() as conn:
-        for row in conn.execute(query):
+        for row in conn.execute(_NETWORK, {"job_ids": job_ids}):
             values = dict(row._mapping)
             result[values.pop("job_id")].append(values)
     return dict(result)

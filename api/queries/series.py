@@ -1,4 +1,5 @@
-"""Read a job's raw intervals in time buckets, and its network rollups hour by hour, for charts.
+"""Read a job's raw intervals or minute rollups in time buckets, and its network rollups hour by
+hour, for charts.
 
 Each raw interval is split between the buckets it spans in proportion to time, as the collector
 splits it between hours; so a bucket's sums add up, hour by hour, to the job's rollups. The
@@ -19,9 +20,12 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from agent.energy import MEASURED
 from api.accounting.pricing import UsageRow
-from collector.models import GpuInterval, JobNetHour
+from collector.dims import METHOD_CODE
+from collector.models import GpuKey, JobKey, JobMinute, JobNetHour, Place, RawInterval
 
-intervals_t, net_hours_t = GpuInterval.__table__, JobNetHour.__table__
+intervals_t, net_hours_t, minutes_t = RawInterval, JobNetHour.__table__, JobMinute.__table__
+keys_t, gpus_t, places_t = JobKey.__table__, GpuKey.__table__, Place.__table__
+MEASURED_CODES = sorted(METHOD_CODE[m] for m in MEASURED)
 Sums = list[float]  # gpu_seconds, busy_gpu_seconds, energy_j, energy_counter_j
 BucketKey = tuple[int, str, str]  # bucket start (Unix s), datacenter, GPU model
 
@@ -46,7 +50,17 @@ def _floor_sqlite(element: floor_nonnegative, compiler: SQLCompiler, **kw: Any) 
 
 def _values() -> list[Any]:
     c = intervals_t.c
-    return [c.gpu_seconds, c.busy_gpu_seconds, c.energy_j, case((c.energy_method.in_(MEASURED), c.energy_j), else_=0.0)]
+    return [c.gpu_seconds, c.busy_gpu_seconds, c.energy_j, case((c.method.in_(MEASURED_CODES), c.energy_j), else_=0.0)]
+
+
+def _key_of(job_id: str) -> Any:
+    """The job's dimension key, as a scalar subquery."""
+    return select(keys_t.c.id).where(keys_t.c.job_id == job_id).scalar_subquery()
+
+
+def _raw_with_places() -> Any:
+    """Raw intervals joined to their GPU's place (node, datacenter, model)."""
+    return intervals_t.join(gpus_t, gpus_t.c.id == intervals_t.c.gpu_key).join(places_t, places_t.c.id == gpus_t.c.place_id)
 
 
 def _short_intervals(engine: Engine, job_id: str, from_s: float, step_s: int) -> dict[BucketKey, Sums]:
@@ -57,10 +71,11 @@ def _short_intervals(engine: Engine, job_id: str, from_s: float, step_s: int) ->
     in_end_s = c.end_s - index * float(step_s)  # seconds from the end bucket's start to the interval's end
     end_share = case((span_s <= 0, 1.0), (in_end_s >= span_s, 1.0), else_=in_end_s / span_s)
     sums = [func.sum(v * end_share) for v in _values()] + [func.sum(v * (1.0 - end_share)) for v in _values()]
+    p = places_t.c
     query = (
-        select(index, c.datacenter, c.gpu_model, *sums)
-        .where(c.job_id == job_id, c.end_s > from_s, span_s <= step_s)
-        .group_by(index, c.datacenter, c.gpu_model)
+        select(index, p.datacenter, p.gpu_model, *sums).select_from(_raw_with_places())
+        .where(c.job_key == _key_of(job_id), c.end_s > from_s, span_s <= step_s)
+        .group_by(index, p.datacenter, p.gpu_model)
     )
     result: dict[BucketKey, Sums] = defaultdict(lambda: [0.0] * 4)
     with engine.connect() as conn:
@@ -88,9 +103,9 @@ def bucket_pieces(start_s: float, end_s: float, step_s: int) -> list[tuple[int, 
 
 
 def _long_intervals(engine: Engine, job_id: str, from_s: float, step_s: int, into: dict[BucketKey, Sums]) -> None:
-    c = intervals_t.c
-    query = select(c.start_s, c.end_s, c.datacenter, c.gpu_model, *_values()).where(
-        c.job_id == job_id, c.end_s > from_s, c.end_s - c.start_s > step_s)
+    c, p = intervals_t.c, places_t.c
+    query = select(c.start_s, c.end_s, p.datacenter, p.gpu_model, *_values()).select_from(_raw_with_places()).where(
+        c.job_key == _key_of(job_id), c.end_s > from_s, c.end_s - c.start_s > step_s)
     with engine.connect() as conn:
         for start_s, end_s, datacenter, model, *values in conn.execute(query):
             for bucket, fraction in bucket_pieces(start_s, end_s, step_s):
@@ -111,12 +126,35 @@ def fine_usage(engine: Engine, job_id: str, from_s: int, step_s: int) -> dict[in
     return dict(result)
 
 
+def minute_usage(engine: Engine, job_id: str, from_s: int, step_s: int) -> dict[int, list[UsageRow]]:
+    """The job's minute rollups from ``from_s`` (a whole hour) on, summed per bucket of ``step_s``
+    seconds (a multiple of a minute that divides an hour), datacenter and GPU model."""
+    m, p = minutes_t.c, places_t.c
+    bucket = m.minute_s // step_s
+    query = (
+        select(bucket, p.datacenter, p.gpu_model, func.sum(m.gpu_seconds), func.sum(m.busy_gpu_seconds),
+               func.sum(m.energy_j), func.sum(m.energy_counter_j))
+        .select_from(minutes_t.join(places_t, places_t.c.id == m.place_key))
+        .where(m.job_key == _key_of(job_id), m.minute_s >= from_s)
+        .group_by(bucket, p.datacenter, p.gpu_model)
+        .order_by(bucket, p.datacenter, p.gpu_model)
+    )
+    result: dict[int, list[UsageRow]] = defaultdict(list)
+    with engine.connect() as conn:
+        for index, datacenter, model, *values in conn.execute(query):
+            start_s = int(index) * step_s
+            if any(values):
+                result[start_s].append(UsageRow(start_s // 3600 * 3600, datacenter, model, *values))
+    return dict(result)
+
+
 def nodes_latest_end(engine: Engine, job_id: str, since_s: float) -> dict[str, float]:
     """The latest interval end of each node that has sent the job's data since ``since_s``."""
-    c = intervals_t.c
-    query = select(c.node, func.max(c.end_s)).where(c.job_id == job_id, c.end_s > since_s).group_by(c.node)
+    c, p = intervals_t.c, places_t.c
+    query = (select(p.node, func.max(c.end_s)).select_from(_raw_with_places())
+             .where(c.job_key == _key_of(job_id), c.end_s > since_s).group_by(p.node))
     with engine.connect() as conn:
-        return {row[0]: row[1] for row in conn.execute(query)}
+        return dict(conn.execute(query).all())
 
 
 NET_SUMMED = ("tx_bytes", "rx_bytes", "cnp_handled", "retransmits")

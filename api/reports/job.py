@@ -1,4 +1,5 @@
-"""Assemble job reports from the jobs table, the rollups and the rate tables."""
+"""Assemble job reports from the jobs table, the rollups and the rate tables. The rollups are
+summed in SQL per period of constant rates, so a report's cost does not grow with the job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from api.accounting.forecast import budget_status
-from api.accounting.pricing import UsageRow, price
+from api.accounting.pricing import UsageRow, price_grouped, rate_boundaries, regions
 from api.accounting.rates import LedgerConfig
 from api.queries import jobs as reads
 
@@ -28,12 +29,12 @@ def intensity_for(engine: Engine, rows: list[UsageRow], config: LedgerConfig) ->
 
 def build_reports(engine: Engine, jobs: list[dict[str, Any]], config: LedgerConfig) -> list[dict[str, Any]]:
     ids = [job["job_id"] for job in jobs]
-    usage, placement = reads.usage(engine, ids), reads.placement(engine, ids)
-    hourly = intensity_for(engine, [row for rows in usage.values() for row in rows], config)
+    usage = reads.usage_grouped(engine, ids, rate_boundaries(config), *regions(config))
+    placement = reads.placement(engine, ids)
     reports = []
     for job in jobs:
         nodes, gpus = placement.get(job["job_id"], (0, 0))
-        priced = price(usage.get(job["job_id"], []), config, job["cluster"], hourly)
+        priced = price_grouped(usage.get(job["job_id"], []), config, job["cluster"])
         reports.append({
             "job_id": job["job_id"], "cluster": job["cluster"], "name": job["name"], "user": job["user"],
             "account": job["account"], "release": job.get("release"), "source": job.get("source") or "agent",

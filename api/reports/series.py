@@ -1,8 +1,9 @@
 """A job over time, for its charts: GPUs, power, utilisation, cost and CO2e, network by hour.
 
 Hours before the last ``FINE_WINDOW_S`` of the job come from the hourly rollups; the last
-hours, while the raw intervals are kept (``[retention] raw_days``), come in buckets of
-``step_s`` seconds from the raw intervals (``api.queries.series``). Every bucket is priced as a
+hours come in buckets of ``step_s`` seconds from the finest tier that still covers them: the
+raw intervals (kept ``[retention] raw_days``), else the per-minute rollups (``minute_days``)
+(``api.queries.series``). Every bucket is priced as a
 report prices an hour (``api.accounting.pricing.price_sums``), so the cumulative cost and CO2e end at the
 report's totals. Rates are means over the part of the bucket the job spanned:
 ``power_w = gpu_energy_j / covered_s``, ``gpus = gpu_seconds / covered_s``, where
@@ -28,7 +29,9 @@ from api.queries import series as series_reads
 from api.reports.job import intensity_for
 from collector.models import RUNNING
 
-STEPS_S = (5, 10, 30, 60, 300, 900)  # each divides an hour
+STEPS_S: tuple[int, ...] = (5, 10, 30, 60, 300, 900)  # each divides an hour
+MINUTE_STEPS_S: tuple[int, ...] = (60, 300, 900)  # the minute tier's: whole minutes
+RAW, MINUTE = "raw", "minute"
 FINE_WINDOW_S = 6 * 3600
 MAX_FINE_POINTS = 480
 LAGGING_NODE_S = 120.0  # a node this far behind the job's newest data has left it (or is down)
@@ -42,24 +45,33 @@ NETWORK_FIELDS = ("start_s", "end_s", "job_tx_gbps", "job_rx_gbps", "node_peak_t
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Where the fine buckets start (a whole hour; None: hourly points only) and their width."""
+    """Where the fine buckets start (a whole hour; None: hourly points only), their width, and
+    the tier they come from: ``raw`` intervals or ``minute`` rollups."""
 
     fine_from_s: int | None
     step_s: int
+    tier: str = RAW
 
 
-def fine_window(job: dict[str, Any], now_s: float, raw_days: float, step_s: int | None = None) -> Window:
-    """The last FINE_WINDOW_S of the job, from a whole hour, not before the raw intervals kept."""
+def fine_window(job: dict[str, Any], now_s: float, raw_days: float, step_s: int | None = None,
+                minute_days: float = 35.0) -> Window:
+    """The last FINE_WINDOW_S of the job, from a whole hour, from the finest tier that still
+    covers it: the raw intervals, else the minute rollups (as much of the window as they keep)."""
     first_s, last_s = job["first_seen_s"], job["last_seen_s"]
-    kept_from_s = math.ceil((now_s - raw_days * 86400) / HOUR_S) * HOUR_S
-    from_s = max(math.floor((last_s - FINE_WINDOW_S) / HOUR_S) * HOUR_S,
-                 math.floor(first_s / HOUR_S) * HOUR_S, kept_from_s)
+    wanted_s = max(math.floor((last_s - FINE_WINDOW_S) / HOUR_S) * HOUR_S, math.floor(first_s / HOUR_S) * HOUR_S)
+    raw_from_s = math.ceil((now_s - raw_days * 86400) / HOUR_S) * HOUR_S
+    tier, steps, from_s = RAW, STEPS_S, wanted_s
+    if wanted_s < raw_from_s:
+        tier, steps = MINUTE, MINUTE_STEPS_S
+        from_s = max(wanted_s, math.ceil((now_s - minute_days * 86400) / HOUR_S) * HOUR_S)
     if from_s >= last_s:
-        return Window(None, step_s or HOUR_S)
+        return Window(None, step_s or HOUR_S, tier)
     if step_s is None:
         span_s = last_s - max(from_s, first_s)
-        step_s = next((s for s in STEPS_S if span_s / s <= MAX_FINE_POINTS), STEPS_S[-1])
-    return Window(from_s, step_s)
+        step_s = next((s for s in steps if span_s / s <= MAX_FINE_POINTS), steps[-1])
+    elif step_s not in steps:  # finer than the minute tier keeps
+        step_s = next(s for s in steps if s >= step_s)
+    return Window(from_s, step_s, tier)
 
 
 def _buckets(engine: Engine, job: dict[str, Any], window: Window) -> list[tuple[int, int, list[UsageRow]]]:
@@ -70,7 +82,8 @@ def _buckets(engine: Engine, job: dict[str, Any], window: Window) -> list[tuple[
             hours.setdefault(row.hour_s, []).append(row)
     result = [(hour, HOUR_S, rows) for hour, rows in sorted(hours.items())]
     if window.fine_from_s is not None:
-        fine = series_reads.fine_usage(engine, job["job_id"], window.fine_from_s, window.step_s)
+        read = series_reads.fine_usage if window.tier == RAW else series_reads.minute_usage
+        fine = read(engine, job["job_id"], window.fine_from_s, window.step_s)
         result += [(start, window.step_s, rows) for start, rows in sorted(fine.items())]
     return result
 
@@ -87,7 +100,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 def complete_until_s(engine: Engine, job: dict[str, Any], window: Window) -> float:
     """Until when every node still sending the job's data has reported it (an ended job: all)."""
-    if window.fine_from_s is None or job["state"] != RUNNING:
+    if window.fine_from_s is None or job["state"] != RUNNING or window.tier != RAW:
         return job["last_seen_s"]
     latest = series_reads.nodes_latest_end(engine, job["job_id"], job["last_seen_s"] - LAGGING_NODE_S)
     return min(latest.values(), default=job["last_seen_s"])

@@ -42,7 +42,7 @@ CONCURRENCY = 8
 def run(quick: bool = False) -> Section:
     from sqlalchemy import func, select
 
-    from collector.models import GpuInterval
+    from collector.models import RawInterval
 
     section = Section("fleet")
     pushes = 1 if quick else 6  # quick: 10 s of fleet traffic (2,048 batches)
@@ -63,7 +63,7 @@ def run(quick: bool = False) -> Section:
                 pg_cpu = postgres_cpu_delta(pg0) if backend == "postgresql" else 0.0
             engine = new_engine(url)
             with engine.connect() as conn:
-                stored = conn.execute(select(func.count()).select_from(GpuInterval.__table__)).scalar_one()
+                stored = conn.execute(select(func.count()).select_from(RawInterval)).scalar_one()
             engine.dispose()
         sent = res["sent"]
         sent_traffic_s = sent / NEEDED_BATCHES_PER_S  # seconds of fleet traffic actually delivered
@@ -79,7 +79,7 @@ def run(quick: bool = False) -> Section:
         section.note(f"{backend}: {sent:,} batches ({sent * GPUS_PER_NODE:,} intervals, {sent_traffic_s:.1f} s of fleet "
                      f"traffic) in {res['wall_s']:.1f} s{partial}; collector CPU {cpu:.1f} s = "
                      f"{cpu / max(sent, 1) * 1e3:.2f} ms/batch; request p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms; "
-                     f"{res['errors']} errors; gpu_intervals rows stored {stored:,}" +
+                     f"{res['errors']} errors; raw_intervals rows stored {stored:,}" +
                      (f"; postgres CPU {pg_cpu / sent_traffic_s:.3f} CPU-s per s of traffic "
                       f"({pg_cpu / max(sent, 1) * 1e3:.2f} ms/batch)" if backend == "postgresql" else ""))
         if res["errors"]:

@@ -45,14 +45,14 @@ SIZES = {8: 1, 512: 64}  # intervals per batch -> push steps per batch (8 GPUs e
 
 
 def _raw_table(engine):  # noqa: ANN001, ANN202
-    """A fresh, empty copy of gpu_intervals (same columns, same secondary index)."""
+    """A fresh, empty copy of raw_intervals (same columns, same secondary index; not partitioned)."""
     from sqlalchemy import Index, MetaData, Table
 
-    from collector.models import GpuInterval
+    from collector.models import RawInterval
 
-    src = GpuInterval.__table__
     name = f"bench_raw_intervals_{int(time.time() * 1000) % 10**9}"
-    table = Table(name, MetaData(), *[c._copy() for c in src.columns], Index(f"ix_{name}_end_s", "end_s"))
+    table = Table(name, MetaData(), *[c._copy() for c in RawInterval.columns],
+                  Index(f"ix_{name}_job_key_end_s", "job_key", "end_s"))
     table.create(engine)
     return table
 

@@ -412,15 +412,15 @@ def node_batch(node: int, seq: int, start_s: float, steps: int = 1, step_s: floa
 
 
 def interval_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """The gpu_intervals rows the collector writes for ``batch`` (as collector.ingest does)."""
-    cluster = batch["cluster"]
+    """The raw_intervals rows the collector writes for ``batch`` (as collector.ingest does; the
+    dimension keys stand in as small integers)."""
+    from collector.dims import METHOD_CODE
+
     return [
-        {"node": batch["node"], "seq": batch["seq"], "datacenter": batch["datacenter"],
-         "gpu_uuid": i["gpu_uuid"], "gpu_model": i["gpu_model"], "job_id": f"{cluster}/{i['job'] or 'unallocated'}",
-         "start_s": i["start_s"], "end_s": i["end_s"], "gpu_seconds": i["gpu_seconds"],
-         "busy_gpu_seconds": i["busy_gpu_seconds"], "energy_j": i["energy_j"],
-         "energy_method": i["energy_method"], "max_memory_used_bytes": i["max_memory_used_bytes"]}
-        for i in batch["intervals"]
+        {"gpu_key": n, "job_key": hash(i["job"]) % 100_000, "start_s": i["start_s"], "end_s": i["end_s"],
+         "gpu_seconds": i["gpu_seconds"], "busy_gpu_seconds": i["busy_gpu_seconds"], "energy_j": i["energy_j"],
+         "method": METHOD_CODE[i["energy_method"]], "max_memory_used_bytes": i["max_memory_used_bytes"]}
+        for n, i in enumerate(batch["intervals"])
     ]
 
 

@@ -3,9 +3,10 @@
     loadgen.py ingest URL --nodes N --pushes P --steps S --start T --boot B --concurrency C --max-seconds X
         POST /v1/ingest: P rounds of one batch per node (S x 8 intervals each), bodies
         serialised before the clock starts, C threads each with a keep-alive httpx.Client.
-    loadgen.py get URL PATH --concurrency C --seconds D
+    loadgen.py get URL PATH --concurrency C --seconds D [--alt-path P2 --alt-every N] [--rate R]
         GET URL+PATH in a closed loop: C=1 sequentially (httpx.Client), else C asyncio
-        tasks sharing one httpx.AsyncClient with C connections.
+        tasks sharing one httpx.AsyncClient with C connections; every N-th request gets P2
+        instead. With --rate: open loop, R requests/s, latency from each one's scheduled time.
 
 Prints one JSON line at the end: counts, wall time, latencies (ms).
 """
@@ -110,7 +111,47 @@ def get_sequential(url: str, seconds: float, errors: Errors) -> tuple[list[float
         return latencies, time.perf_counter() - start
 
 
-async def get_concurrent(url: str, concurrency: int, seconds: float, errors: Errors) -> tuple[list[float], float]:
+class Paths:
+    """Which URL each request gets: every ``every``-th the alternative one (a mix), else the main one."""
+
+    def __init__(self, url: str, alt_url: str | None, every: int) -> None:
+        self.url, self.alt_url, self.every, self.n = url, alt_url, every, 0
+
+    def next(self) -> str:
+        self.n += 1
+        return self.alt_url if self.alt_url and self.n % self.every == 0 else self.url
+
+
+async def get_open_loop(paths: Paths, rate: float, connections: int, seconds: float, errors: Errors) -> tuple[list[float], float]:
+    """Requests at a fixed ``rate`` whatever the answers' pace; latency from each one's scheduled time."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
+        await asyncio.gather(*(client.get(paths.url) for _ in range(min(connections, 20))), return_exceptions=True)
+        start = time.perf_counter()
+
+        async def one(at: float, url: str) -> None:
+            try:
+                response = await client.get(url)
+            except httpx.HTTPError as exc:
+                errors.add(repr(exc))
+                return
+            latencies.append(time.perf_counter() - at)
+            if response.status_code != 200:
+                errors.add(f"{response.status_code} {response.text[:200]}")
+
+        tasks, n = [], 0
+        while (at := start + n / rate) < start + seconds:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(at, paths.next())))
+            n += 1
+        await asyncio.gather(*tasks)
+        return latencies, time.perf_counter() - start
+
+
+async def get_concurrent(url: str, concurrency: int, seconds: float, errors: Errors,
+                         paths: Paths | None = None) -> tuple[list[float], float]:
+    paths = paths or Paths(url, None, 1)
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
@@ -122,7 +163,7 @@ async def get_concurrent(url: str, concurrency: int, seconds: float, errors: Err
             while time.perf_counter() < deadline:
                 t = time.perf_counter()
                 try:
-                    response = await client.get(url)
+                    response = await client.get(paths.next())
                 except httpx.HTTPError as exc:  # e.g. a keep-alive connection the server closed
                     errors.add(repr(exc))
                     continue
@@ -137,10 +178,13 @@ async def get_concurrent(url: str, concurrency: int, seconds: float, errors: Err
 def get(args: argparse.Namespace) -> dict:
     url = args.url.rstrip("/") + args.path
     errors = Errors()
-    if args.concurrency == 1:
+    paths = Paths(url, args.url.rstrip("/") + args.alt_path if args.alt_path else None, args.alt_every)
+    if args.rate:
+        latencies, wall = asyncio.run(get_open_loop(paths, args.rate, args.concurrency, args.seconds, errors))
+    elif args.concurrency == 1:
         latencies, wall = get_sequential(url, args.seconds, errors)
     else:
-        latencies, wall = asyncio.run(get_concurrent(url, args.concurrency, args.seconds, errors))
+        latencies, wall = asyncio.run(get_concurrent(url, args.concurrency, args.seconds, errors, paths))
     latencies.sort()
     return {"requests": len(latencies), "errors": errors.count, "first_error": errors.first, "wall_s": wall,
             "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3,
@@ -164,6 +208,10 @@ def main() -> None:
     g.add_argument("path")
     g.add_argument("--concurrency", type=int, default=1)
     g.add_argument("--seconds", type=float, default=5)
+    g.add_argument("--alt-path", help="a second path, asked every --alt-every-th request (a mix)")
+    g.add_argument("--alt-every", type=int, default=10)
+    g.add_argument("--rate", type=float, help="open loop: requests per second, whatever the answers' pace "
+                   "(--concurrency then caps the connections)")
     args = parser.parse_args()
     result = ingest(args) if args.cmd == "ingest" else get(args)
     print(json.dumps(result), flush=True)

@@ -9,14 +9,15 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import Engine
 
 from api.accounting.rates import LedgerConfig
 from api.http.auth import Principal, ReaderDep
 from api.http.deps import ConfigDep, EngineDep
-from api.http.routes.jobs import get_job, id_wins, visible_job
+from api.http.etag import NOT_MODIFIED, json_or_not_modified
+from api.http.routes.jobs import id_wins, job_report, visible_job
 from api.http.schemas import JobSeries
 from api.reports import series
 from api.reports.job import build_reports, now
@@ -34,22 +35,24 @@ def _checked_step(step_s: int | None) -> int | None:
 
 def _series(job_id: str, engine: Engine, config: LedgerConfig, principal: Principal, step_s: int | None) -> JobSeries:
     job = visible_job(engine, job_id, principal)
-    window = series.fine_window(job, time.time(), config.retention.raw_days, _checked_step(step_s))
+    window = series.fine_window(job, time.time(), config.retention.raw_days, _checked_step(step_s),
+                                config.retention.minute_days)
     (report,) = build_reports(engine, [job], config)
     return JobSeries(
-        job_id=job_id, as_of=now(), step_s=window.step_s, fine_from_s=window.fine_from_s,
+        job_id=job_id, as_of=now(), step_s=window.step_s, fine_from_s=window.fine_from_s, fine_tier=window.tier,
         budget_usd=job["budget_usd"], budget_co2e_kg=job["budget_co2e_kg"], forecast=series.forecast(report),
         gpu=series.gpu_series(engine, config, job, window), network=series.network_series(engine, job),
     )
 
 
-@router.get("/v1/series/{job_id:path}", response_model=JobSeries)
+@router.get("/v1/series/{job_id:path}", response_model=JobSeries, responses=NOT_MODIFIED)
 def job_series(
-    job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
+    request: Request, job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     step_s: Annotated[int | None, Query(description=STEP_HELP)] = None,
-) -> JobSeries:
-    """The job over time: GPUs, power, utilisation, cumulative cost and CO2e, the forecast, network by hour."""
-    return _series(job_id, engine, config, principal, step_s)
+) -> Response:
+    """The job over time: GPUs, power, utilisation, cumulative cost and CO2e, the forecast, network by hour.
+    Send the last answer's ETag in If-None-Match to get 304 when nothing changed."""
+    return json_or_not_modified(request, _series(job_id, engine, config, principal, step_s))
 
 
 def _filename(job_id: str, what: str) -> str:
@@ -86,7 +89,7 @@ def job_series_csv(
             responses={200: {"content": {"text/csv": {}}, "description": "A header and one row."}})
 def job_report_csv(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> Response:
     """The job's report as CSV: the columns of `gpuledger report --format csv`."""
-    report = get_job(job_id, engine, config, principal)
+    report = job_report(engine, config, job_id, principal)
     return _csv(render(report.model_dump(mode="json"), "csv") + "\n", _filename(job_id, "report"))
 
 

@@ -16,8 +16,12 @@ export function storedToken() {
   return localStorage.getItem(TOKEN_KEY);
 }
 
-export async function apiFetch(path) {
-  const headers = {};
+// The last answer to each JSON path with its ETag: a poll sends If-None-Match and, when the
+// server answers 304 (nothing changed), reuses the answer it has instead of downloading it again.
+const answers = new Map(); // path -> { etag, body }
+
+export async function apiFetch(path, extraHeaders = {}) {
+  const headers = { ...extraHeaders };
   const token = storedToken();
   if (token) headers.Authorization = `Bearer ${token}`;
   let response;
@@ -26,6 +30,7 @@ export async function apiFetch(path) {
   } catch (err) {
     throw new ApiError(0, `cannot reach the server (${err.message}); is gpuledger server running?`);
   }
+  if (response.status === 304) return response;
   if (!response.ok) {
     let detail = response.statusText;
     try {
@@ -37,7 +42,13 @@ export async function apiFetch(path) {
 }
 
 export async function apiJson(path) {
-  return (await apiFetch(path)).json();
+  const known = answers.get(path);
+  const response = await apiFetch(path, known ? { "If-None-Match": known.etag } : {});
+  if (response.status === 304 && known) return known.body;
+  const body = await response.json();
+  const etag = response.headers.get("ETag");
+  if (etag) answers.set(path, { etag, body });
+  return body;
 }
 
 export function el(tag, attrs = {}, ...children) {

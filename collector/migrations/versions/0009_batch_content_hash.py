@@ -1,8 +1,8 @@
-"""batch content hash (a replay must be identical), raw intervals by node and time (no GPU's
+"""batch content hash (a replay must be identical), raw intervals by GPU and time (no GPU's
 time stored twice), who set a job's metadata (agents cannot override an admin or the scheduler)
 
 Revision ID: d16_integrity
-Revises: 0007_scheduler
+Revises: 0008_storage_tiers
 Create Date: 2026-12-01
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'd16_integrity'
-down_revision = '0007_scheduler'
+down_revision = '0008_storage_tiers'
 branch_labels = None
 depends_on = None
 
@@ -18,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('ingested_batches') as batch:
         batch.add_column(sa.Column('content_hash', sa.String(length=64), nullable=True))
-    op.create_index('ix_gpu_intervals_node_end_s', 'gpu_intervals', ['node', 'end_s'], unique=False)
+    op.create_index('ix_raw_intervals_gpu_key_end_s', 'raw_intervals', ['gpu_key', 'end_s'], unique=False)
     with op.batch_alter_table('jobs') as batch:
         batch.add_column(sa.Column('metadata_source', sa.String(length=16), nullable=True))
 
@@ -26,6 +26,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('jobs') as batch:
         batch.drop_column('metadata_source')
-    op.drop_index('ix_gpu_intervals_node_end_s', table_name='gpu_intervals')
+    op.drop_index('ix_raw_intervals_gpu_key_end_s', table_name='raw_intervals')
     with op.batch_alter_table('ingested_batches') as batch:
         batch.drop_column('content_hash')
