@@ -191,6 +191,12 @@ class AgentCollector(Collector):
                    pusher.failed_attempts)
         yield _one(CounterMetricFamily, "gpuledger_agent_batches_rejected", "Batches the collector refused for good", node,
                    pusher.rejected)
+        yield _one(CounterMetricFamily, "gpuledger_agent_batches_conflict",
+                   "Batches the collector refused with 409 (a conflicting replay, or GPU time already stored)", node,
+                   pusher.conflicts)
+        yield _one(GaugeMetricFamily, "gpuledger_agent_spool_set_aside_batches",
+                   "Batches set aside after repeated server errors, retried on a long backoff", node,
+                   getattr(queue, "aside_count", lambda: len(queue.aside()))())
         if pusher.last_success_s is not None:
             yield _one(GaugeMetricFamily, "gpuledger_agent_last_push_success_timestamp_seconds",
                        "When the collector last acknowledged a batch", node, pusher.last_success_s)

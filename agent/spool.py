@@ -16,6 +16,10 @@ the collector's 3600 s, and ``merged_intervals`` counts the records merged away.
 dropped: when nothing merges, the spool stays over budget and logs an error. A merge rewrites
 the older file naming the newer's index in ``absorbed``, then deletes the newer file; after a
 crash in between, the start deletes any file another absorbed, so its data counts once.
+
+A batch the pusher sets aside (``set_aside``: it broke the collector several times in a row)
+moves, unchanged, to ``<dir>/aside/``: kept on disk across restarts, never merged, out of
+``peek``'s way so the batches behind it flow; ``aside()`` lists them for their slow retries.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class Spool:
         self.dir, self.max_bytes = Path(directory), max_bytes
         self.corrupt_dir = self.dir / "corrupt"
         self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+        self.aside_dir = self.dir / "aside"
+        self.aside_dir.mkdir(parents=True, exist_ok=True)
+        self._aside: dict[BatchKey, tuple[Path, int]] = {}  # set-aside batches: path, size
         self._lock = threading.RLock()
         self._entries: dict[int, _Entry] = {}  # by index, oldest first
         self._by_key: dict[BatchKey, int] = {}
@@ -81,7 +88,7 @@ class Spool:
         """Store ``batch`` durably (or raise OSError), with ``counters``: JSON kept, never sent."""
         key = _key(batch)
         with self._lock:
-            if key in self._by_key:
+            if key in self._by_key or key in self._aside:
                 raise ValueError(f"batch (node, boot_id, seq) = {key}: already in the spool {self.dir}")
             index, self._next_index = self._next_index, self._next_index + 1  # never reused, even on failure
             path = self.dir / f"{index:012d}-{_UNSAFE.sub('_', key[1])}-{key[2]}.json"
@@ -114,6 +121,35 @@ class Spool:
                 entry.path.unlink(missing_ok=True)
                 fsync_dir(self.dir)
                 self._forget(entry)
+            elif (aside := self._aside.pop(_key(batch), None)) is not None:
+                aside[0].unlink(missing_ok=True)
+                fsync_dir(self.aside_dir)
+
+    def set_aside(self, batch: Record) -> None:
+        """Move ``batch`` out of the queue into ``aside/`` (kept on disk, retried apart)."""
+        with self._lock:
+            if (entry := self._entry(batch)) is None:
+                return
+            target = self.aside_dir / entry.path.name
+            os.replace(entry.path, target)
+            fsync_dir(self.aside_dir)
+            fsync_dir(self.dir)
+            self._forget(entry)
+            self._aside[entry.key] = (target, entry.size)
+
+    def aside(self) -> list[Record]:
+        """The set-aside batches, oldest first."""
+        with self._lock:
+            found = []
+            for key, (path, _) in sorted(self._aside.items(), key=lambda kv: kv[1][0].name):
+                if (doc := self._read(path)) is not None:
+                    found.append(doc["batch"])
+                else:
+                    self._aside.pop(key, None)
+            return found
+
+    def aside_count(self) -> int:
+        return len(self._aside)
 
     def latest_counters(self) -> Any:
         """The newest batch's ``counters`` (never behind the data spooled, unlike a state file)."""
@@ -124,10 +160,10 @@ class Spool:
             return None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._aside)
 
     def bytes(self) -> int:
-        return self._bytes
+        return self._bytes + sum(size for _, size in self._aside.values())
 
     def merged_intervals(self) -> int:  # intervals and network records merged away by this process
         return self._merged
@@ -141,7 +177,12 @@ class Spool:
             elif (match := _NAME.match(path.name)) and path.is_file() and (doc := self._read(path)) is not None:
                 found.append((int(match.group(1)), path, doc, match.group(2) is not None))
                 absorbed.update(doc["absorbed"])
-        self._next_index = max([f[0] for f in found] + list(absorbed), default=-1) + 1
+        aside_indexes = []
+        for path in sorted(self.aside_dir.iterdir()):
+            if (match := _NAME.match(path.name)) and path.is_file() and (doc := self._read(path)) is not None:
+                aside_indexes.append(int(match.group(1)))
+                self._aside[_key(doc["batch"])] = (path, path.stat().st_size)
+        self._next_index = max([f[0] for f in found] + list(absorbed) + aside_indexes, default=-1) + 1
         for index, path, doc, sent in sorted(found, key=lambda f: f[0]):
             key = _key(doc["batch"])
             if index in absorbed:

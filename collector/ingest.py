@@ -145,7 +145,7 @@ def _transaction(target: Engine | Connection) -> Iterator[Connection]:
             yield conn
 
 
-BATCH_KEYS = ("node", "boot_id", "seq", "received_at_s", "interval_count")
+BATCH_KEYS = ("node", "boot_id", "seq", "received_at_s", "interval_count", "content_hash")
 ROLLUP_SUMS = ("gpu_seconds", "busy_gpu_seconds", "energy_j", "energy_counter_j")
 ROLLUP_KEYS = ("job_id", "hour_s", "datacenter", "gpu_model", *ROLLUP_SUMS)
 JOB_KEYS = ("job_id", "cluster", "local_id", "name", "user", "account", "budget_usd", "budget_co2e_kg", "release",
@@ -164,7 +164,7 @@ def _claim(conn: Connection, batches: list[BatchIn], now_s: float) -> set[Identi
     """Insert each batch's identity; the ones inserted now (not before) are this transaction's to apply."""
     prepared = STATEMENTS.get(conn.dialect, "claim", _claim_statement)
     rows = [prepared.params({"node": b.node, "boot_id": b.boot_id, "seq": b.seq, "received_at_s": now_s,
-                             "interval_count": len(b.intervals)}) for b in batches]
+                             "interval_count": len(b.intervals), "content_hash": b.content_hash()}) for b in batches]
     cursor = conn.connection.cursor()
     try:
         with driver_errors(conn, prepared.sql):
@@ -283,10 +283,11 @@ def _job_statement(dialect: Dialect) -> Prepared:
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id"],
         set_={
-            **{name: case((by_scheduler, jobs_t.c[name]), else_=func.coalesce(new[name], jobs_t.c[name]))
+            # First writer wins: an agent only fills a gap, and never changes what the scheduler set
+            # (collector.integrity counts the conflicts; collector.jobmeta sets an admin's values).
+            **{name: case((by_scheduler, jobs_t.c[name]), else_=func.coalesce(jobs_t.c[name], new[name]))
                for name in ("name", "user", "account")},
-            "namespace": func.coalesce(new.namespace, jobs_t.c.namespace),
-            # A budget set through the API is kept; the job's environment only fills a gap.
+            "namespace": func.coalesce(jobs_t.c.namespace, new.namespace),
             "budget_usd": func.coalesce(jobs_t.c.budget_usd, new.budget_usd),
             "budget_co2e_kg": func.coalesce(jobs_t.c.budget_co2e_kg, new.budget_co2e_kg),
             "release": func.coalesce(jobs_t.c.release, new.release),  # an admin's label is kept

@@ -27,6 +27,7 @@ class IngestedBatch(TableModel, table=True):
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     received_at_s: float
     interval_count: int
+    content_hash: str | None = Field(default=None, max_length=64)  # sha256 of the batch as sent (collector.integrity)
 
 
 RAW_TABLE = "raw_intervals"
@@ -78,6 +79,7 @@ RawInterval = Table(
     Column("method", SmallInteger, nullable=False),  # index into agent.energy.METHODS
     Column("max_memory_used_bytes", BigInteger, nullable=True),
     Index("ix_raw_intervals_job_key_end_s", "job_key", "end_s"),  # one job's last hours
+    Index("ix_raw_intervals_gpu_key_end_s", "gpu_key", "end_s"),  # a node's stored GPU time (collector.integrity)
     Index("ix_raw_intervals_end_s", "end_s", postgresql_using="brin"),  # retention (SQLite; tiny on PostgreSQL)
     postgresql_partition_by="RANGE (end_s)",
 )
@@ -135,6 +137,7 @@ class Job(TableModel, table=True):
     exit_code: str | None = Field(default=None, max_length=64)
     scheduler_started_s: float | None = None
     scheduler_ended_s: float | None = None
+    metadata_source: str | None = Field(default=None, max_length=16)  # admin | scheduler; None: agents (first writer)
 
 
 class JobHour(TableModel, table=True):

@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from collector.ingest import FUTURE_TOLERANCE_S, BatchRejected
 from collector.models import ENDED, RUNNING, Job
 from collector.pieces import job_key
-from collector.schemas import ClusterLabel, Label, Strict, Text
+from collector.schemas import TEXT_PATTERN, ClusterLabel, Label, Strict, Text
 
 jobs_t = Job.__table__
-LongText = Annotated[str, StringConstraints(max_length=4096)]
+LongText = Annotated[str, StringConstraints(max_length=4096, pattern=TEXT_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=64, pattern=TEXT_PATTERN)]  # the columns are 64 wide
 Time = Annotated[float, Field(ge=0, le=1e10)]  # Unix seconds, before the year 2286
 METADATA = ("name", "user", "account", "partition", "qos", "array_job_id", "array_task_id",
             "het_job_id", "het_job_offset", "node_list", "alloc_gpus")
@@ -50,8 +51,8 @@ class SchedulerEventIn(Strict):
     het_job_offset: Label | None = None
     node_list: LongText | None = Field(default=None, description="The job's nodes as the scheduler writes them: `gpu[01-04]`.")
     alloc_gpus: int | None = Field(default=None, ge=0, le=1_000_000, description="GPUs allocated to the job, all nodes together.")
-    state: Text | None = Field(default=None, description="The scheduler's final state (COMPLETED, FAILED, CANCELLED, ...).")
-    exit_code: Text | None = None
+    state: ShortText | None = Field(default=None, description="The scheduler's final state (COMPLETED, FAILED, CANCELLED, ...).")
+    exit_code: ShortText | None = None
 
     @model_validator(mode="after")
     def _times(self) -> SchedulerEventIn:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-OUTCOMES = ("applied", "duplicate", "rejected")
+OUTCOMES = ("applied", "duplicate", "rejected", "conflict", "overlap")
 
 
 class IngestStats:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.batches = Counter("gpuledger_collector_batches", "Batches received, by outcome (applied, duplicate, rejected)",
+        self.batches = Counter("gpuledger_collector_batches", "Batches received, by outcome (applied, duplicate, "
+                               "rejected: invalid; conflict: a replay with other content; overlap: GPU time already stored)",
                                ["outcome"], registry=registry)
+        self.metadata_conflicts = Counter("gpuledger_collector_job_metadata_conflicts",
+                                          "Job metadata values from agents that differ from the stored ones, not applied",
+                                          ["field"], registry=registry)
         self.intervals = Counter("gpuledger_collector_intervals", "GPU intervals applied", registry=registry)
         self.seconds = Histogram("gpuledger_collector_ingest_seconds", "Time to apply one batch, from request to commit",
                                  registry=registry,
@@ -24,5 +28,8 @@ class IngestStats:
             self.intervals.inc(intervals)
         self.seconds.observe(seconds)
 
-    def rejected(self) -> None:
-        self._outcomes["rejected"].inc()
+    def rejected(self, outcome: str = "rejected") -> None:
+        self.batches.labels(outcome).inc()
+
+    def metadata_conflict(self, field: str) -> None:
+        self.metadata_conflicts.labels(field).inc()

@@ -8,8 +8,10 @@ dictionary attack on a human password.
 
 Verified tokens (and rejected ones) are cached in-process for ``CACHE_TTL_S``, keyed by
 the SHA-256 of the whole token, so ingest does not run the KDF per request. A revocation
-drops the token from this process's cache at once; other server processes stop
-accepting it within ``CACHE_TTL_S``.
+drops the token from this process's cache at once; every other server process reads the
+list of revoked token ids at most ``REVOCATION_CHECK_S`` after its last look (one small
+query per process, whatever the load) and drops them: a revoked token stops working
+everywhere within ``REVOCATION_CHECK_S``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PREFIX = "glt_"
 KINDS = ("node", "reader", "admin")
 PBKDF2_ITERATIONS = 10_000
 CACHE_TTL_S = 60.0
+REVOCATION_CHECK_S = 5.0
 CACHE_MAX_ENTRIES = 4096
 
 _NODE_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # what an agent may send as its batch's `node`
@@ -116,6 +119,7 @@ class TokenCache:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
         self._entries: OrderedDict[tuple[str, bytes], tuple[float, str, TokenInfo | None]] = OrderedDict()
+        self._checked: dict[str, float] = {}  # database -> when its revocations were last read
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, bytes]) -> tuple[bool, TokenInfo | None]:
@@ -140,14 +144,25 @@ class TokenCache:
             self._entries[key] = (now + self.ttl_s, token_id, info)
             self._entries.move_to_end(key)
 
-    def drop(self, token_id: str) -> None:
+    def drop(self, *token_ids: str) -> None:
+        ids = set(token_ids)
         with self._lock:
-            for key in [k for k, (_, tid, _) in self._entries.items() if tid == token_id]:
+            for key in [k for k, (_, tid, _) in self._entries.items() if tid in ids]:
                 del self._entries[key]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._checked.clear()
+
+    def due_for_revocations(self, db: str, every_s: float = REVOCATION_CHECK_S) -> bool:
+        """True (and the clock restarted) when ``db``'s revocations were last read ``every_s`` ago or more."""
+        with self._lock:
+            now = self.clock()
+            if now - self._checked.get(db, float("-inf")) < every_s:
+                return False
+            self._checked[db] = now
+            return True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -215,6 +230,7 @@ def verify(engine: Engine, token: str) -> TokenInfo | None:
         return None
     token_id, secret = parsed
     key = _cache_key(engine, token)
+    _drop_revoked(engine)
     hit, info = cache.get(key)
     if hit:
         return info
@@ -225,6 +241,15 @@ def verify(engine: Engine, token: str) -> TokenInfo | None:
         info = TokenInfo(token_id=row.token_id, kind=row.kind, node=row.node, account=row.account)
     cache.put(key, token_id, info)
     return info
+
+
+def _drop_revoked(engine: Engine) -> None:
+    """Every REVOCATION_CHECK_S: forget the cached tokens revoked since (by any process)."""
+    if not cache.due_for_revocations(str(engine.url)):
+        return
+    with engine.connect() as conn:
+        revoked = conn.execute(select(tokens_t.c.token_id).where(tokens_t.c.revoked_at_s.is_not(None))).scalars().all()
+    cache.drop(*revoked)
 
 
 def revoke(engine: Engine, token_id: str, now: float | None = None) -> bool:

@@ -67,6 +67,7 @@ METRICS = frozenset({
     "gpuledger_agent_info", "gpuledger_agent_nvml_errors_total", "gpuledger_agent_energy_counter_resets_total",
     "gpuledger_agent_gpus_lost", "gpuledger_agent_spool_batches", "gpuledger_agent_spool_bytes",
     "gpuledger_agent_push_failures_total", "gpuledger_agent_batches_rejected_total",
+    "gpuledger_agent_batches_conflict_total", "gpuledger_agent_spool_set_aside_batches",
     "gpuledger_agent_last_push_success_timestamp_seconds",
     # server: jobs (labels job_id, account, cluster)
     "gpuledger_job_gpu_seconds_total", "gpuledger_job_busy_gpu_seconds_total", "gpuledger_job_energy_joules_total",
@@ -76,6 +77,7 @@ METRICS = frozenset({
     "gpuledger_job_budget_dollars", "gpuledger_cluster_jobs",
     # server: collector health
     "gpuledger_collector_batches_total", "gpuledger_collector_intervals_total", "gpuledger_collector_scrape_seconds",
+    "gpuledger_collector_job_metadata_conflicts_total",
     *(f"{name}{suffix}" for name in _HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")),
 })
 

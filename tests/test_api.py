@@ -114,7 +114,7 @@ def test_bad_config_names_the_field_and_value(tmp_path):
 
 def test_polls_get_304_until_the_job_changes(loaded):
     url = loaded.url
-    for path in ("/v1/jobs/c/1", "/v1/jobs/c/1/series", "/v1/jobs?limit=10"):
+    for path in ("/v1/jobs/c/1", "/v1/series/c%2F1", "/v1/jobs/c/1/series", "/v1/jobs?limit=10"):  # series: canonical, former
         first = httpx.get(f"{url}{path}")
         tag = first.headers["ETag"]
         assert first.status_code == 200 and tag.startswith('"') and first.headers["Cache-Control"] == "no-cache"

@@ -133,8 +133,9 @@ def test_release_from_the_environment_and_by_an_admin_and_no_mixing_with_measure
     assert card["energy_measured_fraction"] == 1.0
     assert httpx.put(f"{served.url}/v1/jobs/c/9/release", json={"release": "r-admin"}, timeout=30).status_code == 200
     assert httpx.get(f"{served.url}/v1/jobs/c/9", timeout=30).json()["release"] == "r-admin"
-    batch["seq"] = 1
-    assert httpx.post(f"{served.url}/v1/ingest", json=batch, timeout=30).status_code == 200
+    earlier = batch["intervals"][0] | {"start_s": 1.7e9 - 7200, "end_s": 1.7e9 - 3600}  # the GPU's hour before: no time twice
+    later = httpx.post(f"{served.url}/v1/ingest", json=batch | {"seq": 1, "intervals": [earlier]}, timeout=30)
+    assert later.status_code == 200, later.text
     assert httpx.get(f"{served.url}/v1/jobs/c/9", timeout=30).json()["release"] == "r-admin"  # the admin's label is kept
     missing = httpx.get(f"{served.url}/v1/releases/r-env/footprint", timeout=30)
     assert missing.status_code == 404 and "releases: r-admin" in missing.json()["detail"]

@@ -211,7 +211,7 @@ def test_pages_open_data_by_token_role(db_url, tmp_path):
         nlp = gpuledger("token", "create", "--role", "reader", "--account", "nlp", "--db", db_url)
         auth = {"Authorization": f"Bearer {node}"}
         send(server.url, "n1", 0, [interval("A", H, H + 60)], headers=auth)
-        send(server.url, "n1", 1, [{**interval("A", H, H + 60), "job": "2"}], headers=auth,
+        send(server.url, "n1", 1, [{**interval("B", H, H + 60), "job": "2"}], headers=auth,
              job={"id": "2", "user": "bob", "account": "cv"})
         for path in ("/", "/jobs/c/1", "/static/jobs.js", "/static/job.js", "/static/vendor/uplot/uPlot.iife.min.js"):
             assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path  # no token needed

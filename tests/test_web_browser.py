@@ -350,6 +350,34 @@ def test_kubernetes_job_page_shows_namespace_and_pods(browser, page, tmp_path):
         assert "pods llama-ft-worker-0, llama-ft-worker-1, llama-ft-worker-2, llama-ft-worker-3, … (6)" in meta
         assert "\n".join(pods) in page.eval_on_selector_all("#job-meta span[title]", "spans => spans.map(s => s.title)")
         screenshot(page, "job-page-kubernetes.png")
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=15)
+
+
+def test_links_to_jobs_whose_ids_look_like_paths(browser, page, tmp_path):
+    """Ids such as `series`, `j1/series` and `../x`: the list links each to its own page, whose
+    report, charts and model card load (the id percent-encoded whole in every request)."""
+    db_url = f"sqlite:///{tmp_path / 'ids.db'}"
+    server = start_server(db_url, None, tmp_path / "server.log")
+    ids = ["series", "j1/series", "../x"]
+    try:
+        now = time.time()
+        body = {"node": "n1", "cluster": "c", "datacenter": "dc", "boot_id": "b", "seq": 0, "sent_at_s": now,
+                "jobs": [{"id": job, "name": f"name of {job}"} for job in ids],
+                "intervals": [{"gpu_uuid": f"GPU-{n}", "gpu_index": n, "gpu_model": "NVIDIA H100 80GB HBM3", "job": job,
+                               "start_s": now - 120, "end_s": now - 60, "gpu_seconds": 60.0, "busy_gpu_seconds": 30.0,
+                               "energy_j": 24000.0, "energy_method": "counter"} for n, job in enumerate(ids)]}
+        assert httpx.post(f"{server.url}/v1/ingest", json=body, timeout=10).status_code == 200
+        page.goto(f"{server.url}/")
+        wait_polls(page, "#jobs", 1)
+        hrefs = dict(page.eval_on_selector_all("#jobs a", "els => els.map(e => [e.textContent, e.getAttribute('href')])"))
+        assert hrefs == {"c/series": "/jobs/c%2Fseries", "c/j1/series": "/jobs/c%2Fj1%2Fseries", "c/../x": "/jobs/c%2F..%2Fx"}
+        for job in ids:
+            page.goto(f"{server.url}{hrefs[f'c/{job}']}")
+            wait_polls(page, "#job", 1)
+            assert page.text_content("#job-id") == f"c/{job}" and page.text_content("#job-name") == f"name of {job}"
+            assert page.is_hidden("#message")
         assert page.console.unexpected() == []
     finally:
         server.process.terminate()

@@ -8,21 +8,39 @@ when the budget runs out at the observed rate. Rates are the job's averages so f
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
+# The last second a date can name (9999-12-31T23:59:59Z). A forecast beyond it is "never":
+# null, not an exception (a budget of 1e15 dollars or 1e9 steps at one step so far gets there).
+MAX_DATE_S = 253_402_300_799.0
+
+
+def within_dates(seconds: float | None) -> float | None:
+    """``seconds`` when it is a date (finite, 1970 to 9999), else None."""
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_DATE_S:
+        return None
+    return seconds
+
 
 def _at(seconds: float | None) -> datetime | None:
+    seconds = within_dates(seconds)
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
 def _end(job: dict[str, Any]) -> tuple[str, float | None]:
+    """How the end is forecast, and when (None: not known, or beyond the year 9999)."""
     started = job["first_seen_s"]
     if job.get("total_steps") and job.get("steps_done") and job.get("progress_at_s"):
         per_step_s = (job["progress_at_s"] - started) / job["steps_done"]
-        return "steps", started + job["total_steps"] * per_step_s
+        return "steps", within_dates(started + job["total_steps"] * per_step_s)
     if job.get("expected_end_s"):
-        return "declared_end", job["expected_end_s"]
+        return "declared_end", within_dates(job["expected_end_s"])
     if job["state"] == "ended":
         return "ended", job["last_seen_s"]
     return "observed_rate", None
@@ -36,8 +54,8 @@ def budget_status(job: dict[str, Any], priced: dict[str, Any], now_s: float) -> 
     cost_at_end = co2e_at_end = None
     if end_s is not None and usd_per_h is not None and kg_per_h is not None:
         remaining_h = max(end_s - job["last_seen_s"], 0.0) / 3600
-        cost_at_end = priced["cost_usd"] + usd_per_h * remaining_h
-        co2e_at_end = priced["co2e_kg"] + kg_per_h * remaining_h
+        cost_at_end = _finite(priced["cost_usd"] + usd_per_h * remaining_h)
+        co2e_at_end = _finite(priced["co2e_kg"] + kg_per_h * remaining_h)
     budget_usd, budget_kg = job.get("budget_usd"), job.get("budget_co2e_kg")
     exhausted_s = None
     if budget_usd is not None and usd_per_h and priced["cost_usd"] < budget_usd:

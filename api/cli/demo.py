@@ -41,7 +41,7 @@ TRAINING_JOB, STEPS_PER_S, TOTAL_STEPS = "demo/1001", 2.0, 7200.0  # a one-hour 
 def _report_progress(url: str, epoch_s: float) -> None:
     """What a training loop would do: tell the ledger how far it is, for the forecast."""
     steps = min((time.time() - epoch_s) * STEPS_PER_S, TOTAL_STEPS)
-    httpx.post(f"{url}/v1/jobs/{TRAINING_JOB}/progress", json={"steps_done": steps, "total_steps": TOTAL_STEPS}, timeout=5.0)
+    httpx.post(f"{url}/v1/progress/{TRAINING_JOB}", json={"steps_done": steps, "total_steps": TOTAL_STEPS}, timeout=5.0)
 
 
 def _table(url: str) -> str:

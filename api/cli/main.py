@@ -53,6 +53,11 @@ def server(
     workers: Annotated[int, typer.Option(
         envvar="GPULEDGER_WORKERS",
         help="Server processes on the port (PostgreSQL only; see deploy/README.md).")] = 1,
+    read_timeout: Annotated[float, typer.Option(
+        envvar="GPULEDGER_READ_TIMEOUT", min=0.1,
+        help="Seconds a client may stall inside a request (headers or body) before 408 and close.")] = 15.0,
+    keep_alive_timeout: Annotated[float, typer.Option(
+        envvar="GPULEDGER_KEEP_ALIVE_TIMEOUT", min=0.1, help="Seconds an idle keep-alive connection is kept open.")] = 5.0,
 ) -> None:
     """Run the collector and the API."""
     import uvicorn
@@ -62,6 +67,7 @@ def server(
     from api.cli.serve import WorkersError, check_workers, run_workers
     from api.http.app import create_app
     from api.http.auth import AuthSettings
+    from api.http.timeouts import MAX_HEADER_BYTES, timed_protocol
 
     try:
         ledger_config = load_config(config)
@@ -83,12 +89,14 @@ def server(
         raise typer.Exit(2)
     tls: dict[str, Any] = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     auth = AuthSettings(required=require_auth, open_paths=[p.strip() for p in open_paths.split(",") if p.strip()])
-    if workers > 1:
+    # uvicorn annotates timeout_keep_alive as int; its timer takes fractional seconds as well
+    limits: dict[str, Any] = {"timeout_keep_alive": keep_alive_timeout, "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+    if workers > 1:  # the workers are spawned processes: the read deadline's protocol class stays with one process
         engine.dispose()
-        run_workers(workers, db, config, auth, {"host": host, "port": port, "log_level": log_level, **tls})
+        run_workers(workers, db, config, auth, {"host": host, "port": port, "log_level": log_level, **limits, **tls})
         return
     app_ = create_app(engine, ledger_config, auth=auth)
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, **tls)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, http=timed_protocol(read_timeout), **limits, **tls)
 
 
 def _defaults_used(engine: object, config: object) -> list[str]:
@@ -186,10 +194,11 @@ def report(
     if format not in formats or (convention and convention not in ("measured", "tdp")):
         what = f"--convention {convention!r}: expected measured or tdp" if format in formats else f"--format {format!r}: expected {' or '.join(formats)}"
         raise fail("report", what)
-    path = f"/v1/jobs/{quote(job, safe='/')}"
+    encoded = quote(job, safe="")  # the id percent-encoded whole: no id is read as a path
+    path = f"/v1/jobs/{encoded}"
     try:
         if convention:
-            body = request("GET", server, f"{path}/footprint", token, params={"convention": convention}).json()
+            body = request("GET", server, f"/v1/footprint/{encoded}", token, params={"convention": convention}).json()
             typer.echo(body["markdown"] if format == "md" else json.dumps(body, indent=2))
         else:
             typer.echo(render(request("GET", server, path, token).json(), format))
@@ -272,7 +281,7 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id (or the whole token).")],
     db: DbOption = "sqlite:///gpuledger.db",
 ) -> None:
-    """Revoke a token; servers stop accepting it within a minute."""
+    """Revoke a token; every server stops accepting it within 5 s."""
     from api.cli.tokens import token_revoke_command
 
     token_revoke_command(token_id=token_id, db=db)

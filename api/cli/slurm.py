@@ -41,7 +41,7 @@ def summary_command(
 ) -> None:
     """Print a job's summary as the Slurm epilog appends it to the job's output: GPU-hours,
     busy share, kWh, $, kg CO2e, network verdict and a link to its page."""
-    url = f"{server.rstrip('/')}/v1/jobs/{quote(job, safe='/')}/summary.txt"
+    url = f"{server.rstrip('/')}/v1/summary.txt/{quote(job, safe='')}"
     try:
         with _client(token) as http:
             response = http.get(url)

@@ -72,7 +72,7 @@ def token_revoke_command(
     token_id: str = typer.Argument(..., help="The token's id (or the whole token)."),
     db: str = typer.Option("sqlite:///gpuledger.db", envvar="GPULEDGER_DB", help="Database URL."),
 ) -> None:
-    """Revoke a token; servers stop accepting it within a minute."""
+    """Revoke a token; every server stops accepting it within 5 s."""
     from sqlalchemy.exc import SQLAlchemyError
 
     parsed = tokens.parse(token_id)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from agent import __version__
 from api.accounting.rates import LedgerConfig
 from api.http import errors
-from api.http.auth import AuthSettings, require_reader
+from api.http.auth import AuthSettings, require_reader, require_unscoped_reader
 from api.http.bodylimit import BodySizeLimit
 from api.http.deps import EngineDep
 from api.http.routes import declared, ingest, jobs, ledger, releases, series, usage
@@ -77,9 +77,9 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     app.add_middleware(BodySizeLimit)
     errors.install(app)
     app.include_router(ingest.router)
-    app.include_router(ledger.router)  # before jobs: its /v1/jobs/{id}/... routes must match first
-    app.include_router(series.router)  # before jobs, as ledger
-    app.include_router(scheduler_events.router)  # before jobs, as ledger (/v1/jobs/{id}/summary.txt)
+    app.include_router(ledger.router)  # before jobs: their former /v1/jobs/{id}/... paths must match first
+    app.include_router(series.router)
+    app.include_router(scheduler_events.router)  # before jobs, as ledger (the former /v1/jobs/{id}/summary.txt)
     app.include_router(jobs.router)
     app.include_router(declared.router)  # before usage: /v1/usage/declared
     app.include_router(usage.router)
@@ -93,7 +93,8 @@ def create_app(engine: Engine, config: LedgerConfig, scheduler: bool = True, aut
     registry.register(BudgetCollector(engine, config))
     job_metrics = JobCollector(engine, config)  # writes its own exposition: see api.reports.jobmetrics
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
+    # Every job's series, of every account: a reader scoped to one account gets 403 here.
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(require_unscoped_reader)])
     def metrics() -> PlainTextResponse:
         body = generate_latest(registry) + job_metrics.exposition().encode()
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

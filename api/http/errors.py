@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from collector.ingest import BatchRejected
+from collector.integrity import BatchConflict
 
 RETRY_AFTER_S = 5
 
@@ -23,29 +24,39 @@ def _field(loc: tuple[Any, ...]) -> str:
     return text or "body"
 
 
+MAX_VALUE_CHARS = 200
+
+
+def printable(value: Any) -> Any:
+    """``value`` as JSON can carry it: NaN and infinities as text, strings valid UTF-8 and short."""
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__}>"
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes that are not a JSON document>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": JSON has no such numbers
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate becomes "\\ud800"
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + f"... ({len(text)} characters)"
+
+
 def describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     described = []
     for error in errors:
-        value = error.get("input")
-        if isinstance(value, (dict, list)):
-            value = f"<{type(value).__name__}>"
-        elif isinstance(value, (bytes, bytearray)):
-            value = f"<{len(value)} bytes that are not a JSON document>"
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = repr(value)  # NaN and infinities have no JSON form
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            value = str(value)
-        message = error["msg"].removeprefix("Value error, ")
-        described.append({"field": _field(tuple(error["loc"])), "value": value, "message": message})
+        message = printable(str(error["msg"]).removeprefix("Value error, "))
+        field = printable(_field(tuple(error["loc"])))
+        described.append({"field": field, "value": printable(error.get("input")), "message": message})
     return described
 
 
 INGEST_PATH = "/v1/ingest"
 
 
-def _count_rejected(request: Request) -> None:
+def _count_rejected(request: Request, outcome: str = "rejected") -> None:
     if request.url.path == INGEST_PATH:
-        request.app.state.ingest_stats.rejected()
+        request.app.state.ingest_stats.rejected(outcome)
 
 
 def install(app: FastAPI) -> None:
@@ -69,3 +80,9 @@ def install(app: FastAPI) -> None:
     async def _rejected(request: Request, exc: BatchRejected) -> JSONResponse:
         _count_rejected(request)
         return JSONResponse(status_code=422, content={"detail": f"batch rejected: {exc}"})
+
+    @app.exception_handler(BatchConflict)
+    async def _conflict(request: Request, exc: BatchConflict) -> JSONResponse:
+        # Final for the batch: the agent drops it and counts it (a retry would get the same answer).
+        _count_rejected(request, exc.outcome)
+        return JSONResponse(status_code=409, content={"detail": f"batch refused: {exc}", "outcome": exc.outcome})

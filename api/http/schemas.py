@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from collector.schemas import MAX_BUDGET
 
 
 class Rates(BaseModel):
@@ -46,7 +48,7 @@ class Progress(BaseModel):
 
 
 class Budget(BaseModel):
-    budget_usd: float | None = Field(description="From GPULEDGER_BUDGET_USD or PUT /v1/jobs/{job_id}/budget (which wins).")
+    budget_usd: float | None = Field(description="From GPULEDGER_BUDGET_USD or PUT /v1/budget/{job_id} (which wins).")
     budget_co2e_kg: float | None = Field(description="From GPULEDGER_BUDGET_CO2E_KG or the budget API.")
     spend_usd_per_hour: float | None = Field(description="Average spend rate so far.")
     co2e_kg_per_hour: float | None = Field(description="Average CO2e rate so far.")
@@ -179,17 +181,37 @@ class IngestAck(BaseModel):
     intervals: int
 
 
+MAX_STEPS = 1e15
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class ProgressIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    steps_done: float | None = Field(default=None, ge=0)
-    total_steps: float | None = Field(default=None, gt=0)
-    expected_end_at: AwareDatetime | None = None
+    steps_done: float | None = Field(default=None, ge=0, le=MAX_STEPS)
+    total_steps: float | None = Field(default=None, gt=0, le=MAX_STEPS)
+    expected_end_at: AwareDatetime | None = Field(default=None, description="From 1970 on (a date before is refused).")
+
+    @field_validator("expected_end_at")
+    @classmethod
+    def _after_epoch(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value < EPOCH:
+            raise ValueError(f"expected_end_at = {value.isoformat()}: expected 1970-01-01T00:00:00Z or later")
+        return value
 
 
 class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    usd: float | None = Field(default=None, ge=0)
-    co2e_kg: float | None = Field(default=None, ge=0)
+    usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET)
+    co2e_kg: float | None = Field(default=None, ge=0, le=MAX_BUDGET)
+
+
+class JobMetadataIn(BaseModel):
+    """Fields to set (null clears one); a field left out is kept. Agents cannot change them afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    user: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    account: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class ReleaseIn(BaseModel):

@@ -39,11 +39,15 @@ def list_jobs(
     return rows, total
 
 
+JOB_ID = re.compile(r"^[\x21-\x7e]{1,300}$")  # "<cluster>/<local id>", as ingest accepts them
 _JOB = select(jobs_t).where(jobs_t.c.job_id == bindparam("job_id"))  # the reads' statements are built once
 _IDS: Any = bindparam("job_ids", expanding=True)
 
 
 def get_job(engine: Engine, job_id: str) -> dict[str, Any] | None:
+    """The job's row; None for an unknown id, and without a query for one no job can have."""
+    if not JOB_ID.match(job_id):
+        return None
     with engine.connect() as conn:
         row = conn.execute(_JOB, {"job_id": job_id}).first()
     return None if row is None else dict(row._mapping)

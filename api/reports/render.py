@@ -17,12 +17,27 @@ FIELDS = (
 )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 class ReportError(RuntimeError):
     pass
 
 
-def fetch(server: str, job_id: str, token: str | None = None, suffix: str = "") -> dict[str, Any]:
-    url = f"{server.rstrip('/')}/v1/jobs/{quote(job_id, safe='/')}{suffix}"
+def csv_cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that starts like a formula gets a leading
+    apostrophe (OWASP's CSV-injection advice), so ``=HYPERLINK(...)`` stays text. Numbers pass
+    unchanged (a negative number is a number, not a formula)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def fetch(server: str, job_id: str, token: str | None = None, resource: str = "jobs", query: str = "") -> dict[str, Any]:
+    """``GET /v1/<resource>/<job id>`` (the id percent-encoded whole, so no id is read as a path)."""
+    url = f"{server.rstrip('/')}/v1/{resource}/{quote(job_id, safe='')}{query}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with httpx.Client(timeout=10.0, headers=headers) as http:
@@ -66,7 +81,7 @@ def render(report: dict[str, Any], fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
-        writer.writerow([_csv_value(report.get(f)) for f in FIELDS])
+        writer.writerow([csv_cell(_csv_value(report.get(f))) for f in FIELDS])
         return out.getvalue().rstrip("\n")
     width = max(len(f) for f in FIELDS)
     lines = [f"{f:<{width}}  {_fmt(report.get(f))}" for f in FIELDS]

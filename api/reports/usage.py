@@ -15,6 +15,7 @@ from api.accounting.pricing import TOTALS, UsageRow, price
 from api.accounting.rates import LedgerConfig
 from api.queries import jobs as reads
 from api.reports.job import intensity_for
+from api.reports.render import csv_cell
 
 GROUPS = ("account", "user", "cluster", "job_id", "release")
 PERIODS = ("month", "day")
@@ -82,5 +83,5 @@ def usage_csv(usage: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([usage["group_by"] if c == "group" else c for c in COLUMNS])
     for item in [*usage["items"], {"group": "(total)", **usage["total"]}]:
-        writer.writerow(["" if item.get(c) is None else item.get(c) for c in COLUMNS])
+        writer.writerow([csv_cell(item.get(c)) for c in COLUMNS])
     return out.getvalue()

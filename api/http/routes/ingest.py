@@ -18,10 +18,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api.http.auth import NodeDep, authorize_ingest, ingest_principal
 from api.http.schemas import IngestAck
 from collector.ingest import check
+from collector.integrity import check_batch
 from collector.schemas import BatchIn
 from collector.stats import IngestStats
 from collector.writer import GroupWriter
@@ -66,8 +68,14 @@ async def handle_ingest(request: Request) -> Response:
     authorize_ingest(principal, batch.node)
     check(batch, time.time())
     writer: GroupWriter = request.app.state.writer
-    result = await writer.submit(batch)
     stats: IngestStats = request.app.state.ingest_stats
+    checked = await run_in_threadpool(check_batch, writer.engine, batch)  # 409 for a conflict or stored GPU time
+    if checked.duplicate:
+        stats.applied(False, len(batch.intervals), time.perf_counter() - started)
+        return _ack(False, len(batch.intervals))
+    for conflict in checked.metadata_conflicts:
+        stats.metadata_conflict(conflict.field)
+    result = await writer.submit(batch)
     stats.applied(result.applied, result.intervals, time.perf_counter() - started)
     return _ack(result.applied, result.intervals)
 
@@ -82,9 +90,14 @@ class IngestRoute(APIRoute):
 router = APIRouter(tags=["ingest"], route_class=IngestRoute)
 
 
-@router.post("/v1/ingest", response_model=IngestAck)
+@router.post("/v1/ingest", response_model=IngestAck, responses={
+    409: {"description": "A conflicting replay, or GPU time already stored: final for this batch."}})
 async def ingest(batch: BatchIn, principal: NodeDep) -> IngestAck:
     """Apply an agent's batch exactly once; a replay is acknowledged and changes nothing.
+
+    409 (final: the agent drops the batch) for a replay whose content differs from the batch
+    applied under that (node, boot_id, seq), and for GPU time the node has already stored
+    (a second agent running under the same node name, or overlapping intervals).
 
     Served by ``handle_ingest`` (see ``IngestRoute``); this signature is what the schema shows."""
     raise NotImplementedError

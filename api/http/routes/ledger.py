@@ -14,10 +14,12 @@ from api.accounting.marginal import marginal_co2e
 from api.accounting.rates import LedgerConfig
 from api.http.auth import AdminDep, NodeOrAdminDep, Principal, ReaderDep, authorize_progress, can_see
 from api.http.deps import ConfigDep, EngineDep
-from api.http.schemas import BudgetIn, ProgressIn, ReleaseIn
+from api.http.routes.jobs import id_wins
+from api.http.schemas import BudgetIn, JobMetadataIn, ProgressIn, ReleaseIn
 from api.queries import jobs as reads
 from api.reports.footprints import fields, model_rows, tdp_defaults
 from api.reports.job import build_reports
+from collector.jobmeta import set_job_metadata
 from collector.models import Job
 
 router = APIRouter(tags=["jobs"])
@@ -37,7 +39,7 @@ def _set(engine: Any, job_id: str, values: dict[str, Any]) -> None:
         conn.execute(update(jobs_t).where(jobs_t.c.job_id == job_id).values(**values))
 
 
-@router.post("/v1/jobs/{job_id:path}/progress")
+@router.post("/v1/progress/{job_id:path}")
 def report_progress(job_id: str, body: ProgressIn, engine: EngineDep, principal: NodeOrAdminDep) -> dict[str, str]:
     """A training loop reports its steps (and/or expected end); the forecast extrapolates from it."""
     values: dict[str, Any] = {}
@@ -54,14 +56,24 @@ def report_progress(job_id: str, body: ProgressIn, engine: EngineDep, principal:
     return {"status": "ok"}
 
 
-@router.put("/v1/jobs/{job_id:path}/budget")
+@router.put("/v1/budget/{job_id:path}")
 def set_budget(job_id: str, body: BudgetIn, engine: EngineDep, principal: AdminDep) -> dict[str, str]:
     """Set (or clear, with null) a job's budget in USD and/or kg CO2e."""
     _set(engine, job_id, {"budget_usd": body.usd, "budget_co2e_kg": body.co2e_kg})
     return {"status": "ok"}
 
 
-@router.get("/v1/jobs/{job_id:path}/footprint")
+@router.put("/v1/metadata/{job_id:path}")
+def set_metadata(job_id: str, body: JobMetadataIn, engine: EngineDep, principal: AdminDep) -> dict[str, Any]:
+    """Set a job's name, user or account (an admin's word wins over what agents sent; they cannot change it back)."""
+    values = body.model_dump(exclude_unset=True)
+    before = set_job_metadata(engine, job_id, values, source="admin")
+    if before is None:
+        raise HTTPException(status_code=404, detail=f"job_id {job_id!r} not found")
+    return {"status": "ok", "before": {k: before[k] for k in values}, "after": values}
+
+
+@router.get("/v1/footprint/{job_id:path}")
 def get_footprint(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep, convention: Literal[CONVENTIONS] = "measured",  # type: ignore[valid-type]
 ) -> dict[str, Any]:
@@ -81,14 +93,14 @@ def get_footprint(
     }
 
 
-@router.put("/v1/jobs/{job_id:path}/release")
+@router.put("/v1/release/{job_id:path}")
 def set_release(job_id: str, body: ReleaseIn, engine: EngineDep, principal: AdminDep) -> dict[str, Any]:
     """Put the job under a release label (its model card groups the release's jobs), or clear it with null."""
     _set(engine, job_id, {"release": body.release})
     return {"status": "ok", "job_id": job_id, "release": body.release}
 
 
-@router.get("/v1/jobs/{job_id:path}/whatif")
+@router.get("/v1/whatif/{job_id:path}")
 def what_if(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     region: Annotated[str | None, Query(description="Grid region to price the energy in.")] = None,
@@ -142,3 +154,12 @@ def _check_region(engine: Any, config: Any, region: str) -> None:
         f"region = {region!r} is unknown: expected one of {', '.join(known) or '(none configured)'}, "
         f"or an ISO country code with a static figure (e.g. {', '.join(sorted(ANNUAL_G_PER_KWH_2023)[:5])}); "
         "add it under [intensity_g_per_kwh] in the server's config"))
+
+
+# The former paths, after a job id: hidden, and a job whose id ends like them keeps its report.
+router.add_api_route("/v1/jobs/{job_id:path}/progress", report_progress, methods=["POST"], include_in_schema=False)
+router.add_api_route("/v1/jobs/{job_id:path}/budget", set_budget, methods=["PUT"], include_in_schema=False)
+router.add_api_route("/v1/jobs/{job_id:path}/release", set_release, methods=["PUT"], include_in_schema=False)
+for _suffix, _handler in (("footprint", get_footprint), ("whatif", what_if)):
+    router.add_api_route(f"/v1/jobs/{{job_id:path}}/{_suffix}", id_wins(_suffix, _handler), methods=["GET"],
+                         include_in_schema=False, response_model=None)

@@ -40,7 +40,7 @@ def release_footprint(
         known = ", ".join(r["release"] for r in reads.releases(engine, account_scope(principal))) or "none yet"
         raise HTTPException(status_code=404, detail=(
             f"release {release!r} has no jobs (releases: {known}); label jobs with GPULEDGER_RELEASE, "
-            "the release column of `gpuledger import`, or PUT /v1/jobs/{job_id}/release"))
+            "the release column of `gpuledger import`, or PUT /v1/release/{job_id}"))
     reports = build_reports(engine, jobs, config)
     card = release_card(reports, config, release, rounding=rounding, unit=None if unit == "auto" else unit)
     card["defaults_used"] = tdp_defaults(reports, config)

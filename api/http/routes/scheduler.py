@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.http.auth import NodeOrAdminDep, Principal, ReaderDep
 from api.http.deps import ConfigDep, EngineDep
-from api.http.routes.jobs import visible_job
+from api.http.routes.jobs import id_wins, visible_job
 from api.reports.summary import job_report, render_summary
 from collector.ingest import BatchRejected
 from collector.scheduler import SchedulerEventIn, check_event, record_event
@@ -59,8 +59,13 @@ def scheduler_event(
                         ended_at=None if ended is None else datetime.fromtimestamp(ended, UTC))
 
 
-@router.get("/v1/jobs/{job_id:path}/summary.txt", response_class=PlainTextResponse)
+@router.get("/v1/summary.txt/{job_id:path}", response_class=PlainTextResponse)
 def job_summary(job_id: str, request: Request, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> PlainTextResponse:
     """The job's summary as the Slurm epilog appends it to the job's output file."""
     job = visible_job(engine, job_id, principal)
     return PlainTextResponse(render_summary(job_report(engine, config, job), page_url(request, job_id)))
+
+
+# The former path, after the job id: hidden; a job whose id ends in /summary.txt keeps its report.
+router.add_api_route("/v1/jobs/{job_id:path}/summary.txt", id_wins("summary.txt", job_summary), methods=["GET"],
+                     include_in_schema=False, response_model=None)

@@ -17,11 +17,11 @@ from api.accounting.rates import LedgerConfig
 from api.http.auth import Principal, ReaderDep
 from api.http.deps import ConfigDep, EngineDep
 from api.http.etag import NOT_MODIFIED, json_or_not_modified
-from api.http.routes.jobs import job_report, visible_job
+from api.http.routes.jobs import id_wins, job_report, visible_job
 from api.http.schemas import JobSeries
 from api.reports import series
 from api.reports.job import build_reports, now
-from api.reports.render import render
+from api.reports.render import csv_cell, render
 
 router = APIRouter(tags=["jobs"])
 STEP_HELP = f"Width of the fine buckets in seconds, one of {', '.join(map(str, series.STEPS_S))}; default: chosen for at most {series.MAX_FINE_POINTS} points."
@@ -45,7 +45,7 @@ def _series(job_id: str, engine: Engine, config: LedgerConfig, principal: Princi
     )
 
 
-@router.get("/v1/jobs/{job_id:path}/series", response_model=JobSeries, responses=NOT_MODIFIED)
+@router.get("/v1/series/{job_id:path}", response_model=JobSeries, responses=NOT_MODIFIED)
 def job_series(
     request: Request, job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
     step_s: Annotated[int | None, Query(description=STEP_HELP)] = None,
@@ -68,7 +68,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
-@router.get("/v1/jobs/{job_id:path}/series.csv", response_class=Response,
+@router.get("/v1/series.csv/{job_id:path}", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "One row per bucket."}})
 def job_series_csv(
     job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep,
@@ -80,13 +80,20 @@ def job_series_csv(
     writer = csv.DictWriter(out, fieldnames=["start_at", "end_at", *series.GPU_FIELDS[2:]], lineterminator="\n")
     writer.writeheader()
     for row in series.as_rows(columns):
-        writer.writerow({"start_at": _iso(row.pop("start_s")), "end_at": _iso(row.pop("end_s")), **row})
+        row = {"start_at": _iso(row.pop("start_s")), "end_at": _iso(row.pop("end_s")), **row}
+        writer.writerow({name: csv_cell(value) for name, value in row.items()})
     return _csv(out.getvalue(), _filename(job_id, "series"))
 
 
-@router.get("/v1/jobs/{job_id:path}/report.csv", response_class=Response,
+@router.get("/v1/report.csv/{job_id:path}", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "A header and one row."}})
 def job_report_csv(job_id: str, engine: EngineDep, config: ConfigDep, principal: ReaderDep) -> Response:
     """The job's report as CSV: the columns of `gpuledger report --format csv`."""
     report = job_report(engine, config, job_id, principal)
     return _csv(render(report.model_dump(mode="json"), "csv") + "\n", _filename(job_id, "report"))
+
+
+# The former paths, after a job id: hidden, and a job whose id ends like them keeps its report.
+for _suffix, _handler in (("series", job_series), ("series.csv", job_series_csv), ("report.csv", job_report_csv)):
+    router.add_api_route(f"/v1/jobs/{{job_id:path}}/{_suffix}", id_wins(_suffix, _handler), methods=["GET"],
+                         include_in_schema=False, response_model=None)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
+from api.accounting.forecast import within_dates
 from api.http.auth import UnscopedReaderDep
 from api.http.deps import ConfigDep, EngineDep
 from api.reports.usage import build_usage, usage_csv
@@ -23,6 +24,10 @@ def _usage(engine: Any, config: Any, group_by: str, start: AwareDatetime | None,
            period: str | None) -> dict[str, Any]:
     to_s = end.timestamp() if end else time.time()
     from_s = start.timestamp() if start else to_s - 30 * DAY_S
+    for name, value_s in (("from", from_s), ("to", to_s)):
+        if within_dates(value_s) is None:
+            raise HTTPException(status_code=422, detail=f"{name} = {value_s:.0f} s since 1970 (UTC): "
+                                                        "expected a time from 1970-01-01 to 9999-12-31")
     if from_s >= to_s:
         raise HTTPException(status_code=422, detail=f"from = {start} is not before to = {end}")
     return build_usage(engine, config, "job_id" if group_by == "job" else group_by, from_s, to_s, period)

@@ -7,7 +7,11 @@ import {
 import { COLORS, Chart, axis, line, steps } from "./charts.js";
 
 const jobId = decodeURIComponent(location.pathname.replace(/^\/jobs\//, ""));
-const base = `/v1/jobs/${jobId.split("/").map(encodeURIComponent).join("/")}`;
+// The id percent-encoded whole ("/" too): no id can then look like another path ("../x") or
+// like a sub-resource; each sub-resource has its own prefix that no job id can take.
+const encodedId = encodeURIComponent(jobId);
+const base = `/v1/jobs/${encodedId}`;
+const api = (what) => `/v1/${what}/${encodedId}`;
 const fileStem = jobId.replace(/[^A-Za-z0-9._-]+/g, "_");
 let timer = null;
 let latest = 0; // the newest poll: an older one's answer, arriving late, is dropped
@@ -258,8 +262,8 @@ function chartError(chart, err) {
 
 async function download(kind) {
   const [path, name] = {
-    "report-json": [base, "report.json"], "report-csv": [`${base}/report.csv`, "report.csv"],
-    "series-csv": [`${base}/series.csv`, "series.csv"], "series-json": [`${base}/series`, "series.json"],
+    "report-json": [base, "report.json"], "report-csv": [api("report.csv"), "report.csv"],
+    "series-csv": [api("series.csv"), "series.csv"], "series-json": [api("series"), "series.json"],
   }[kind];
   try {
     const blob = await (await apiFetch(path)).blob();
@@ -298,8 +302,8 @@ async function poll() {
   clearTimeout(timer);
   const mine = ++latest;
   const [report, series, footprints] = await Promise.allSettled([
-    apiJson(base), apiJson(`${base}/series`),
-    Promise.all([apiJson(`${base}/footprint?convention=measured`), apiJson(`${base}/footprint?convention=tdp`)]),
+    apiJson(base), apiJson(api("series")),
+    Promise.all([apiJson(`${api("footprint")}?convention=measured`), apiJson(`${api("footprint")}?convention=tdp`)]),
   ]);
   if (mine !== latest) return;
   const failures = [report, series, footprints].filter((r) => r.status === "rejected").map((r) => r.reason);

@@ -39,7 +39,7 @@ function budgetRank(job) {
 }
 
 function jobHref(jobId) {
-  return `/jobs/${jobId.split("/").map(encodeURIComponent).join("/")}`;
+  return `/jobs/${encodeURIComponent(jobId)}`; // "/" encoded too: "c/../x" stays one segment
 }
 
 function sortValue(column, job) {
