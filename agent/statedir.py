@@ -112,6 +112,7 @@ class FallbackStore:
     def __init__(self, spool: Spool, health: StateHealth) -> None:
         self.spool, self.health = spool, health
         self.memory: deque[dict[str, Any]] = deque()
+        self.memory_aside: list[dict[str, Any]] = []  # set aside while in memory
 
     def put(self, batch: dict[str, Any], counters: Any = None) -> None:
         try:
@@ -160,9 +161,33 @@ class FallbackStore:
             if entry is not None:
                 self.spool._forget(entry)
 
+    def set_aside(self, batch: dict[str, Any]) -> None:
+        """Out of the queue, retried apart; on disk where it is, else in memory."""
+        if self.memory and self.memory[0] is batch:
+            self.memory_aside.append(self.memory.popleft())
+            return
+        try:
+            self.spool.set_aside(batch)
+        except OSError as exc:  # it cannot be moved on disk: keep it aside in memory
+            self.health.failed("set a batch aside", exc)
+            self._off_disk(batch)
+            self.memory.popleft()
+            self.memory_aside.append(batch)
+
+    def aside(self) -> list[dict[str, Any]]:
+        try:
+            on_disk = self.spool.aside()
+        except OSError as exc:
+            self.health.failed("read the set-aside batches", exc)
+            on_disk = []
+        return on_disk + self.memory_aside
+
     def ack(self, batch: dict[str, Any]) -> None:
         if self.memory and self.memory[0] is batch:
             self.memory.popleft()
+            return
+        if any(b is batch for b in self.memory_aside):
+            self.memory_aside = [b for b in self.memory_aside if b is not batch]
             return
         try:
             self.spool.ack(batch)
@@ -183,7 +208,7 @@ class FallbackStore:
         return self.spool.bytes()
 
     def __len__(self) -> int:
-        return len(self.spool) + len(self.memory)
+        return len(self.spool) + len(self.memory) + len(self.memory_aside)
 
 
 class SafeCounterState(CounterState):
