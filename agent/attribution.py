@@ -98,11 +98,11 @@ def job_from_environ(env: Mapping[str, str]) -> JobRef | None:
     budget = (_amount(env, "GPULEDGER_BUDGET_USD"), _amount(env, "GPULEDGER_BUDGET_CO2E_KG"))
     release = (env.get("GPULEDGER_RELEASE") or "").strip()[:256] or None
     if job_id := env.get("GPULEDGER_JOB_ID"):
-        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"), *budget, release)
+        return JobRef(job_id, env.get("GPULEDGER_JOB_NAME"), user, env.get("GPULEDGER_JOB_ACCOUNT"), *budget, release=release)
     if job_id := env.get("SLURM_JOB_ID"):
-        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"), *budget, release)
+        return JobRef(job_id, env.get("SLURM_JOB_NAME"), user, env.get("SLURM_JOB_ACCOUNT"), *budget, release=release)
     if job_id := env.get("TORCHELASTIC_RUN_ID"):
-        return JobRef(job_id, None, user, None, *budget, release)
+        return JobRef(job_id, None, user, None, *budget, release=release)
     return None
 
 
