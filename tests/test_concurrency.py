@@ -118,7 +118,9 @@ def test_workers_2_apply_the_same_batches_exactly_once_and_metrics_sum_both(db_u
         batches_total = counter(server.url, "gpuledger_collector_batches_total")
         assert batches_total == {'gpuledger_collector_batches_total{outcome="applied"}': len(batches),
                                  'gpuledger_collector_batches_total{outcome="duplicate"}': len(batches),
-                                 'gpuledger_collector_batches_total{outcome="rejected"}': 0.0}
+                                 'gpuledger_collector_batches_total{outcome="rejected"}': 0.0,
+                                 'gpuledger_collector_batches_total{outcome="conflict"}': 0.0,
+                                 'gpuledger_collector_batches_total{outcome="overlap"}': 0.0}
         intervals = sum(len(b["intervals"]) for b in batches)
         assert counter(server.url, "gpuledger_collector_intervals_total") == {"gpuledger_collector_intervals_total": intervals}
     finally:
