@@ -291,7 +291,7 @@ def test_csv_cells_that_start_like_formulas_are_text(world: World):
     world.ingest(batch(0, [interval(T0)], jobs=[{"id": "1", "name": name, "user": "+1", "account": "@acc"}]))
     csv_text = world.get("/v1/report.csv/c%2F1").text
     row = csv_text.splitlines()[1]
-    assert row.startswith("""c/1,"'=HYPERLINK(""http://evil/"",""click"")",'+1,'@acc,running,""")
+    assert row.startswith("""c/1,"'=HYPERLINK(""http://evil/"",""click"")",'+1,'@acc,,,running,""")
     report = world.get("/v1/jobs/c%2F1").json()
     cli = render(report, "csv").splitlines()[1]
     assert cli.split(",'+1,")[0] == """c/1,"'=HYPERLINK(""http://evil/"",""click"")\""""
