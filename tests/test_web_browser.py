@@ -264,7 +264,7 @@ def test_jobs_table_fits_800_px_with_a_totals_row(demo, narrow):
 
 
 def test_job_page_shows_a_failing_panels_error_and_the_rest(demo, narrow):
-    narrow.route("**/footprint?convention=tdp", lambda route: route.fulfill(
+    narrow.route("**/footprint/*?convention=tdp", lambda route: route.fulfill(
         status=500, content_type="application/json", body=json.dumps({"detail": "footprint exploded"})))
     narrow.goto(f"{demo}/jobs/demo/1001")
     wait_polls(narrow, "#job", 1)
@@ -273,7 +273,7 @@ def test_job_page_shows_a_failing_panels_error_and_the_rest(demo, narrow):
     assert "GPU-hours" in narrow.text_content("#stats") and "Price per GPU-hour" in narrow.text_content("#rates")
     narrow.wait_for_function("() => !!document.querySelector('#chart-power canvas')", timeout=30_000)
     screenshot(narrow, "job-page-800-panel-error.png")
-    narrow.unroute("**/footprint?convention=tdp")
+    narrow.unroute("**/footprint/*?convention=tdp")
     wait_polls(narrow, "#job", polls(narrow, "#job") + 1)
     assert narrow.get_attribute("#model-card", "data-unit") == "kg"  # a demo job is far below a tonne
     headers = narrow.eval_on_selector_all("#model-card th", "ths => ths.map(th => th.textContent)")

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from api.http.auth import NodeDep, authorize_ingest, ingest_principal
 from api.http.schemas import IngestAck
@@ -81,7 +82,11 @@ async def handle_ingest(request: Request) -> Response:
     """Apply an agent's batch exactly once; a replay is acknowledged and changes nothing."""
     started = time.perf_counter()
     principal = await ingest_principal(request)  # 401/403 before the body is looked at
-    batch = parse_batch(await request.body(), request.headers.get("content-type"))
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # the client went away (or stalled past the read deadline): nothing to answer
+        return Response(status_code=400)
+    batch = parse_batch(body, request.headers.get("content-type"))
     authorize_ingest(principal, batch.node)
     check(batch, time.time())
     writer: GroupWriter = request.app.state.writer
