@@ -18,7 +18,7 @@ region's static figure; the report says which share of the energy each priced.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,39 +222,31 @@ def _rate(applied: Applied, kind: str, key: str, num: float, den: float) -> floa
 
 def price(rows: list[UsageRow], config: LedgerConfig, cluster: str = "", hourly: Hourly | None = None) -> dict[str, Any]:
     """Totals, the breakdown per (datacenter, model), and the effective rate of every kind applied."""
-    hourly = hourly or {}
-    parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
-    applied: Applied = defaultdict(set)
-    counter_j = energy_j = declared_j = estimated_j = 0.0
-    fixed: dict[tuple[str, str], _Fixed] = {}
-    for row in rows:
-        key = (row.datacenter, row.gpu_model)
-        if key not in fixed:
-            fixed[key] = _fixed(config, *key)
-        _add(parts[key], _hour(row, fixed[key], config, cluster, hourly, applied))
-        counter_j += row.energy_counter_j
-        energy_j += row.energy_j
-        declared_j += row.energy_declared_j
-        estimated_j += row.energy_estimated_j
-    return _assemble(parts, applied, config, (counter_j, energy_j, declared_j, estimated_j))
+    hours = hourly or {}
+    return _priced(rows, config, lambda row, fixed, applied: _hour(row, fixed, config, cluster, hours, applied))
 
 
 def price_grouped(groups: list[GroupedUsage], config: LedgerConfig, cluster: str = "") -> dict[str, Any]:
     """``price`` from rollups pre-summed per period of constant rates: the same report, at a cost
     that depends on the number of rate periods, not on the job's length."""
+    return _priced(groups, config, lambda group, fixed, applied: _group(group, fixed, config, cluster, applied))
+
+
+def _priced(items: list[Any], config: LedgerConfig, part_of: Callable[[Any, _Fixed, Applied], dict[str, Any]]) -> dict[str, Any]:
+    """Each item (an hour or a pre-summed group) priced with its (datacenter, model)'s fixed rates, then assembled."""
     parts: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     applied: Applied = defaultdict(set)
     counter_j = energy_j = declared_j = estimated_j = 0.0
     fixed: dict[tuple[str, str], _Fixed] = {}
-    for group in groups:
-        key = (group.datacenter, group.gpu_model)
+    for item in items:
+        key = (item.datacenter, item.gpu_model)
         if key not in fixed:
             fixed[key] = _fixed(config, *key)
-        _add(parts[key], _group(group, fixed[key], config, cluster, applied))
-        counter_j += group.energy_counter_j
-        energy_j += group.energy_j
-        declared_j += group.energy_declared_j
-        estimated_j += group.energy_estimated_j
+        _add(parts[key], part_of(item, fixed[key], applied))
+        counter_j += item.energy_counter_j
+        energy_j += item.energy_j
+        declared_j += item.energy_declared_j
+        estimated_j += item.energy_estimated_j
     return _assemble(parts, applied, config, (counter_j, energy_j, declared_j, estimated_j))
 
 
